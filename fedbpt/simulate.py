@@ -1,0 +1,198 @@
+"""Many parties in one process sharing one loaded model: FedBPT experiments without a network.
+
+Each round, the chosen parties run ``search.local_search`` from the global state on their own
+examples and ``aggregate`` merges their updates, exactly as the server and clients do. The results
+JSON is rewritten after every round, so an interrupted run (Ctrl-C) still leaves a usable file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from fedbpt import aggregate
+from fedbpt.aggregate import GlobalState, Update
+from fedbpt.backends import Backend
+from fedbpt.data import class_histogram, partition_dirichlet, partition_iid
+from fedbpt.objective import Objective, PromptedModel, perturb
+from fedbpt.projection import Projection, projection_scale
+from fedbpt.search import SearchConfig, local_search, party_seed
+from fedbpt.tasks import resolve_task
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    task: str = "sst2"
+    model: str = "smollm2-135m"
+    dtype: str = "bfloat16"
+    parties: int = 10
+    rounds: int = 10
+    parties_per_round: float = 1.0  # a fraction of the parties (<= 1) or a count (> 1)
+    examples_per_party: int = 16  # the training pool is parties * examples_per_party seeded draws
+    partition: str = "dirichlet"
+    alpha: float = 1.0
+    aggregator: str = "fedbpt"
+    sigma_rule: str = "code"
+    sigma0: float = 1.0
+    dim: int = 500
+    n_tokens: int = 50
+    placement: str = "before"
+    search: SearchConfig = field(default_factory=SearchConfig)
+    eval_every: int = 1
+    eval_examples: int = 0  # 0 scores the whole held-out set
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.partition not in ("iid", "dirichlet"):
+            raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
+        if self.aggregator not in aggregate.AGGREGATORS:
+            raise ValueError(f"aggregator must be one of {aggregate.AGGREGATORS}, got {self.aggregator!r}")
+        if self.parties < 1 or self.rounds < 1 or self.eval_every < 1:
+            raise ValueError("parties, rounds and eval_every must be at least 1")
+
+    def per_round(self) -> int:
+        count = math.ceil(self.parties_per_round * self.parties) if self.parties_per_round <= 1 else int(
+            self.parties_per_round)
+        return max(1, min(self.parties, count))
+
+
+@dataclass
+class Party:
+    name: str
+    examples: list
+    labels: np.ndarray
+
+
+def split_parties(config: SimulationConfig, model: PromptedModel) -> tuple[list[Party], np.ndarray]:
+    """The parties, and their (parties, classes) label histogram."""
+    train = model.task.load_train()
+    rng = np.random.default_rng(config.seed)
+    pool_size = min(len(train), config.parties * config.examples_per_party)
+    pool = [train[i] for i in np.sort(rng.choice(len(train), size=pool_size, replace=False))]
+    labels = np.array([example.label for example in pool])
+    if config.partition == "iid":
+        shares = partition_iid(len(pool), config.parties, config.seed)
+    else:
+        shares = partition_dirichlet(labels, config.parties, config.alpha, config.seed)
+    encoded = model.encode(pool)
+    parties = [Party(f"party-{i}", [encoded[j] for j in share], labels[share]) for i, share in enumerate(shares)]
+    return parties, class_histogram(labels, shares, model.task.n_labels)
+
+
+def aggregate_round(config: SimulationConfig, state: GlobalState, updates: list[Update]) -> GlobalState:
+    if config.aggregator == "fedavg":
+        return aggregate.fedavg(state, updates)
+    return aggregate.fedbpt(state, updates, config.sigma_rule, config.search.population)
+
+
+def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None) -> dict:
+    """Run the federation; return (and write to ``out``) the results."""
+    task = resolve_task(config.task)
+    scale = projection_scale(backend.embedding_std(), config.dim, config.sigma0)
+    projection = Projection(config.seed, config.dim, config.n_tokens, backend.hidden_size, scale)
+    model = PromptedModel.build(backend, task, projection, config.placement)
+    parties, histogram = split_parties(config, model)
+    held_out = task.load_eval()
+    if config.eval_examples:
+        held_out = held_out[: config.eval_examples]
+    eval_set, eval_labels = model.encode(held_out), np.array([example.label for example in held_out])
+    results = {
+        "config": asdict(config), "status": "running", "model": backend.identity, "data": task.data_note,
+        "projection_fingerprint": projection.fingerprint(), "eval_size": len(eval_set),
+        "party_examples": [len(p.labels) for p in parties], "party_class_histogram": histogram.tolist(),
+        "rounds": [],
+    }
+
+    def save() -> None:
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            partial = out.with_name(out.name + ".partial")
+            partial.write_text(json.dumps(results, indent=1))
+            partial.replace(out)
+
+    def evaluate(z: np.ndarray | None) -> tuple[float, float]:
+        started = time.perf_counter()
+        accuracy = model.accuracy(z, eval_set, eval_labels)
+        return accuracy, time.perf_counter() - started
+
+    started = time.perf_counter()
+    results["zero_shot_accuracy"], _ = evaluate(None)
+    state = GlobalState.initial(config.dim, config.sigma0)
+    results["initial_prompt_accuracy"], _ = evaluate(state.mean)
+    tqdm.write(f"zero-shot {results['zero_shot_accuracy']:.4f}, initial prompt {results['initial_prompt_accuracy']:.4f}"
+               f" on {len(eval_set)} held-out examples")
+    save()
+    picker = np.random.default_rng(config.seed + 1)
+    bar = tqdm(total=config.rounds * config.per_round(), desc="local searches", unit="party")
+    try:
+        for round_number in range(config.rounds):
+            chosen = np.sort(picker.choice(config.parties, size=config.per_round(), replace=False))
+            search_started = time.perf_counter()
+            updates = []
+            for index in chosen:
+                party = parties[index]
+                seed = party_seed(config.seed, int(index), round_number)
+                perturbed = None
+                if config.search.perturb_rate > 0:
+                    perturbed = perturb(party.examples, config.search.perturb_rate, backend.vocab_size, seed)
+                objective = Objective(model, party.examples, party.labels, config.search.loss, perturbed)
+                updates.append(local_search(state, objective, config.search, seed, party.name, len(party.labels)))
+                bar.update()
+            search_seconds = time.perf_counter() - search_started
+            aggregate_started = time.perf_counter()
+            downlink = len(json.dumps(state.to_dict()))
+            state = aggregate_round(config, state, updates)
+            record = {
+                "round": round_number + 1,
+                "parties": [update.party for update in updates],
+                "train_fitness": float(np.average([u.fitness for u in updates], weights=[u.n_examples for u in updates])),
+                "sigma": state.sigma,
+                "mean_norm": float(np.linalg.norm(state.mean)),
+                "seconds": {"search": search_seconds, "aggregate": time.perf_counter() - aggregate_started},
+                "bytes_per_party": {"sent": int(np.mean([len(json.dumps(u.to_dict())) for u in updates])),
+                                    "received": downlink},
+                "evaluations": int(sum(u.evaluations for u in updates)),
+            }
+            if (round_number + 1) % config.eval_every == 0 or round_number + 1 == config.rounds:
+                record["accuracy"], record["seconds"]["evaluate"] = evaluate(state.mean)
+            results["rounds"].append(record)
+            results["final_mean"] = state.to_dict()
+            bar.set_postfix(fitness=f"{record['train_fitness']:.3f}", acc=record.get("accuracy", "-"))
+            save()
+        results["status"] = "finished"
+    except KeyboardInterrupt:
+        results["status"] = "interrupted"
+        tqdm.write("interrupted: results hold every finished round")
+    finally:
+        bar.close()
+        results["seconds"] = time.perf_counter() - started
+        scored = [r for r in results["rounds"] if "accuracy" in r]
+        if scored:
+            results["final_accuracy"] = scored[-1]["accuracy"]
+            results["best_accuracy"] = max(r["accuracy"] for r in scored)
+        save()
+    return results
+
+
+def summary(results: dict) -> str:
+    lines = [f"{results['config']['aggregator']} on {results['config']['task']} with {results['model']}: "
+             f"{results['status']} after {len(results['rounds'])} rounds in {results.get('seconds', 0):.0f} s",
+             f"  zero-shot accuracy      {results['zero_shot_accuracy']:.4f}",
+             f"  initial prompt accuracy {results['initial_prompt_accuracy']:.4f}"]
+    for record in results["rounds"]:
+        if "accuracy" in record:
+            lines.append(f"  round {record['round']:3d}  accuracy {record['accuracy']:.4f}  fitness "
+                         f"{record['train_fitness']:.4f}  sigma {record['sigma']:.3f}")
+    if "final_accuracy" in results:
+        lines.append(f"  final accuracy {results['final_accuracy']:.4f} (best {results['best_accuracy']:.4f}), "
+                     f"{results['final_accuracy'] - results['zero_shot_accuracy']:+.4f} vs zero-shot")
+    if results["rounds"]:
+        sent = results["rounds"][-1]["bytes_per_party"]
+        lines.append(f"  per party per round: {sent['sent']} bytes sent, {sent['received']} bytes received")
+    return "\n".join(lines)
