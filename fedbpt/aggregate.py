@@ -118,19 +118,19 @@ def server_sigma(ranked: list[Update], rule: str, local_population: int) -> floa
 
 
 def fedbpt(state: GlobalState, updates: list[Update], sigma_rule: str = "code", local_population: int = 5,
-           sigma_bounds: tuple[float, float] | None = None) -> GlobalState:
+           sigma_floor: float = 0.0) -> GlobalState:
     """FedBPT: the parties' means are the server CMA-ES population, ranked by fitness.
 
     The new mean is CMA-ES's rank-weighted recombination of the better half of the means (pycma's
     default positive weights for population = number of parties). The step size follows
-    ``sigma_rule``, clipped to ``sigma_bounds`` when given.
+    ``sigma_rule``; as in the released code, it never grows from one round to the next (both rules
+    alone would grow it by about sqrt(local iterations / mu) every round) and never falls below
+    ``sigma_floor``.
     """
     ranked = _checked(state, updates)
     weights = np.asarray([1.0] if len(ranked) == 1 else RecombinationWeights(len(ranked)).positive_weights)
     mean = np.sum(weights[:, None] * np.stack([update.mean for update in ranked[: len(weights)]]), axis=0)
-    sigma = server_sigma(ranked, sigma_rule, local_population)
-    if sigma_bounds is not None:
-        sigma = float(np.clip(sigma, *sigma_bounds))
+    sigma = max(min(server_sigma(ranked, sigma_rule, local_population), state.sigma), sigma_floor)
     return replace(state, round=state.round + 1, mean=mean, sigma=sigma)
 
 

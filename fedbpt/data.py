@@ -66,16 +66,20 @@ def read_rows(
     if quoted is None:
         quoted = suffix == ".csv"
     quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
+    if not has_header and not columns:
+        raise DataError(f"{path}: a file without a header row needs its column names (columns=...)")
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-        header = next(reader) if has_header else columns
+        header = next(reader, None) if has_header else columns
         if not header:
-            raise DataError(f"{path} is empty")
+            raise DataError(f"{path} is empty: expected a header row naming the columns")
         rows = []
-        for number, values in enumerate(reader, start=2 if has_header else 1):
+        for values in reader:
+            if not values:
+                continue
             if len(values) != len(header):
-                raise DataError(f"{path}:{number}: expected {len(header)} fields, found {len(values)}")
-            rows.append(dict(zip(header, values)))
+                raise DataError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(values)}")
+            rows.append(dict(zip(header, values, strict=True)))
         return rows
 
 

@@ -40,6 +40,7 @@ class SimulationConfig:
     aggregator: str = "fedbpt"
     sigma_rule: str = "code"
     sigma0: float = 1.0
+    sigma_floor: float = 0.5  # the released code's floor for the broadcast step size
     dim: int = 500
     n_tokens: int = 50
     placement: str = "before"
@@ -88,7 +89,7 @@ def split_parties(config: SimulationConfig, model: PromptedModel) -> tuple[list[
 def aggregate_round(config: SimulationConfig, state: GlobalState, updates: list[Update]) -> GlobalState:
     if config.aggregator == "fedavg":
         return aggregate.fedavg(state, updates)
-    return aggregate.fedbpt(state, updates, config.sigma_rule, config.search.population)
+    return aggregate.fedbpt(state, updates, config.sigma_rule, config.search.population, config.sigma_floor)
 
 
 def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None) -> dict:

@@ -39,6 +39,8 @@ class Task:
     data_note: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.template, str):
+            raise TaskError(f"task {self.name!r}: the template must be a string, got {self.template!r}")
         if "{text}" not in self.template:
             raise TaskError(f"task {self.name!r}: the template must contain {{text}}, got {self.template!r}")
         unknown = set(re.findall(r"{(\w+)}", self.template)) - set(FIELDS)
@@ -210,13 +212,19 @@ def load_task_file(path: Path) -> Task:
     unknown = set(spec) - {*required, "instruction", "text_pair_column"}
     if unknown:
         raise TaskError(f"task file {path} has unknown keys {sorted(unknown)}")
+    text_keys = [*required[:-1], *(key for key in ("instruction", "text_pair_column") if key in spec)]
+    not_text = [key for key in text_keys if not isinstance(spec[key], str)]
+    if not_text:
+        raise TaskError(f"task file {path}: {not_text} must be strings")
     labels = spec["labels"]
     if not isinstance(labels, dict) or len(labels) < 2:
-        raise TaskError(f"task file {path}: 'labels' must map each label value in the data to a verbalizer word")
+        raise TaskError(f"task file {path}: 'labels' must map each label value in the data to a verbalizer word, "
+                        "and a task needs at least two labels")
     values = [str(value) for value in labels]
     pair = spec.get("text_pair_column")
-    if pair and "{text_pair}" not in spec["template"]:
-        raise TaskError(f"task file {path}: text_pair_column is set but the template has no {{text_pair}}")
+    if bool(pair) != ("{text_pair}" in spec["template"]):
+        raise TaskError(f"task file {path}: a sentence-pair task needs both text_pair_column and {{text_pair}} in "
+                        "the template; a single-text task has neither")
 
     def loader(key: str) -> Callable[[], list[Example]]:
         data_path = path.parent / spec[key]
