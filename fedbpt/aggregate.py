@@ -64,8 +64,7 @@ class Update:
 
     @classmethod
     def from_dict(cls, data: dict) -> Update:
-        return cls(**{**data, "mean": decode_vector(data["mean"]),
-                      "sigmas": tuple(float(s) for s in data["sigmas"])})
+        return cls(**{**data, "mean": decode_vector(data["mean"]), "sigmas": tuple(float(s) for s in data["sigmas"])})
 
 
 def validate(state: GlobalState, update: Update) -> None:
@@ -73,7 +72,9 @@ def validate(state: GlobalState, update: Update) -> None:
     dim = len(state.mean)
     mean = np.asarray(update.mean)
     if update.round != state.round:
-        raise InvalidUpdate(f"update from {update.party!r} is for round {update.round}, the open round is {state.round}")
+        raise InvalidUpdate(
+            f"update from {update.party!r} is for round {update.round}, the open round is {state.round}"
+        )
     if mean.shape != (dim,):
         raise InvalidUpdate(f"mean has shape {mean.shape}, expected ({dim},)")
     if not np.all(np.isfinite(mean)):
@@ -117,8 +118,13 @@ def server_sigma(ranked: list[Update], rule: str, local_population: int) -> floa
     raise ValueError(f"unknown sigma rule {rule!r}; use one of {SIGMA_RULES}")
 
 
-def fedbpt(state: GlobalState, updates: list[Update], sigma_rule: str = "code", local_population: int = 5,
-           sigma_floor: float = 0.0) -> GlobalState:
+def fedbpt(
+    state: GlobalState,
+    updates: list[Update],
+    sigma_rule: str = "code",
+    local_population: int = 5,
+    sigma_floor: float = 0.0,
+) -> GlobalState:
     """FedBPT: the parties' means are the server CMA-ES population, ranked by fitness.
 
     The new mean is CMA-ES's rank-weighted recombination of the better half of the means (pycma's

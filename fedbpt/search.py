@@ -38,12 +38,19 @@ def party_seed(job_seed: int, party: int, round_number: int) -> int:
     return int(state % (2**31 - 2)) + 1  # pycma treats seed 0 as "random"
 
 
-def local_search(state: GlobalState, objective: Callable[[np.ndarray], np.ndarray], config: SearchConfig,
-                 seed: int, party: str, n_examples: int) -> Update:
+def local_search(
+    state: GlobalState,
+    objective: Callable[[np.ndarray], np.ndarray],
+    config: SearchConfig,
+    seed: int,
+    party: str,
+    n_examples: int,
+) -> Update:
     """Run ``config.iterations`` CMA-ES generations and report the local mean and its fitness."""
     started = time.perf_counter()
     es = cma.CMAEvolutionStrategy(
-        np.asarray(state.mean, dtype=float), state.sigma,
+        np.asarray(state.mean, dtype=float),
+        state.sigma,
         {"popsize": config.population, "seed": seed, "verbose": -9, "maxiter": config.iterations},
     )
     sigmas = []
@@ -56,6 +63,14 @@ def local_search(state: GlobalState, objective: Callable[[np.ndarray], np.ndarra
         es.tell(candidates, [float(loss) for loss in losses])
     mean = np.asarray(es.mean, dtype=float)
     fitness = float(objective(mean[None])[0])
-    return Update(party=party, round=state.round, mean=mean, sigmas=tuple(sigmas), sigma=float(es.sigma),
-                  fitness=fitness, n_examples=n_examples, evaluations=evaluations + 1,
-                  seconds=time.perf_counter() - started)
+    return Update(
+        party=party,
+        round=state.round,
+        mean=mean,
+        sigmas=tuple(sigmas),
+        sigma=float(es.sigma),
+        fitness=fitness,
+        n_examples=n_examples,
+        evaluations=evaluations + 1,
+        seconds=time.perf_counter() - started,
+    )

@@ -45,8 +45,10 @@ class Task:
             raise TaskError(f"task {self.name!r}: the template must contain {{text}}, got {self.template!r}")
         unknown = set(re.findall(r"{(\w+)}", self.template)) - set(FIELDS)
         if unknown:
-            raise TaskError(f"task {self.name!r}: unknown template fields {sorted(unknown)}; use {{text}} "
-                            "and optionally {text_pair}")
+            raise TaskError(
+                f"task {self.name!r}: unknown template fields {sorted(unknown)}; use {{text}} "
+                "and optionally {text_pair}"
+            )
         if len(self.label_names) != len(self.verbalizers) or len(self.label_names) < 2:
             raise TaskError(f"task {self.name!r}: need one verbalizer word per label and at least two labels")
         if len(set(self.verbalizers)) != len(self.verbalizers):
@@ -84,8 +86,11 @@ def verbalizer_token_ids(task: Task, encode: Callable[[str], list[int]]) -> list
             for form in (stripped, stripped.lower(), stripped.capitalize(), stripped.upper())
         )
         suggestions = [repr(variant) for variant in variants if variant != word and len(encode(variant)) == 1]
-        hint = f"; single-token alternatives: {', '.join(suggestions)}" if suggestions else (
-            "; choose a shorter or more common word")
+        hint = (
+            f"; single-token alternatives: {', '.join(suggestions)}"
+            if suggestions
+            else ("; choose a shorter or more common word")
+        )
         problems.append(f"{word!r} is {len(tokens)} tokens {tokens}{hint}")
     if problems:
         raise TaskError(f"task {task.name!r}: verbalizer words must be one token each: " + "; ".join(problems))
@@ -94,8 +99,15 @@ def verbalizer_token_ids(task: Task, encode: Callable[[str], list[int]]) -> list
     return ids
 
 
-def _examples(rows: list[dict[str, str]], source: str, text: str, label: str, label_values: list[str],
-              text_pair: str | None = None, joined: tuple[str, ...] = ()) -> list[Example]:
+def _examples(
+    rows: list[dict[str, str]],
+    source: str,
+    text: str,
+    label: str,
+    label_values: list[str],
+    text_pair: str | None = None,
+    joined: tuple[str, ...] = (),
+) -> list[Example]:
     """Examples from rows; ``label_values[i]`` is the file's value for label index i."""
     index = {value: position for position, value in enumerate(label_values)}
     examples = []
@@ -105,8 +117,10 @@ def _examples(rows: list[dict[str, str]], source: str, text: str, label: str, la
         if missing:
             raise DataError(f"{source}: row {number} has no column {missing[0]!r}; columns are {sorted(row)}")
         if row[label] not in index:
-            raise DataError(f"{source}: row {number} has label {row[label]!r}, which the task does not define; "
-                            f"known labels: {label_values}")
+            raise DataError(
+                f"{source}: row {number} has label {row[label]!r}, which the task does not define; "
+                f"known labels: {label_values}"
+            )
         body = " ".join(row[column].strip() for column in joined) if joined else row[text]
         examples.append(Example(body, index[row[label]], row[text_pair] if text_pair else None))
     return examples
@@ -129,11 +143,12 @@ def _ag_news_split(part: str) -> list[Example]:
     examples = [Example(e.text.replace("\\", " "), e.label) for e in examples]
     labels = np.array([e.label for e in examples])
     rng = np.random.default_rng(AG_NEWS_SPLIT_SEED)
-    pool = np.concatenate([rng.choice(np.flatnonzero(labels == c), AG_NEWS_POOL_PER_CLASS, replace=False)
-                           for c in range(4)])
+    pool = np.concatenate(
+        [rng.choice(np.flatnonzero(labels == c), AG_NEWS_POOL_PER_CLASS, replace=False) for c in range(4)]
+    )
     chosen = np.zeros(len(examples), dtype=bool)
     chosen[pool] = True
-    return [e for e, keep in zip(examples, chosen) if keep == (part == "train")]
+    return [e for e, keep in zip(examples, chosen, strict=True) if keep == (part == "train")]
 
 
 def _kshot(folder: str, split: str, seed: int, label_values: list[str]) -> list[Example]:
@@ -143,58 +158,106 @@ def _kshot(folder: str, split: str, seed: int, label_values: list[str]) -> list[
     return _examples(rows, str(path), text_column, "label", label_values)
 
 
-DBPEDIA_LABELS = ("Company", "Educational Institution", "Artist", "Athlete", "Office Holder",
-                  "Mean Of Transportation", "Building", "Natural Place", "Village", "Animal", "Plant",
-                  "Album", "Film", "Written Work")
-DBPEDIA_WORDS = (" Company", " School", " Artist", " Athlete", " Politics", " Transportation", " Building",
-                 " Nature", " Village", " Animal", " Plant", " Album", " Film", " Book")
+DBPEDIA_LABELS = (
+    "Company",
+    "Educational Institution",
+    "Artist",
+    "Athlete",
+    "Office Holder",
+    "Mean Of Transportation",
+    "Building",
+    "Natural Place",
+    "Village",
+    "Animal",
+    "Plant",
+    "Album",
+    "Film",
+    "Written Work",
+)
+DBPEDIA_WORDS = (
+    " Company",
+    " School",
+    " Artist",
+    " Athlete",
+    " Politics",
+    " Transportation",
+    " Building",
+    " Nature",
+    " Village",
+    " Animal",
+    " Plant",
+    " Album",
+    " Film",
+    " Book",
+)
 
 
 def builtin_task(name: str, kshot_seed: int = 13) -> Task:
     """The benchmark tasks shipped with the data: sst2, agnews, yelp2, dbpedia."""
     if name == "sst2":
-        return Task("sst2", "Review: {text}\nSentiment:", ("negative", "positive"), (" negative", " positive"),
-                    "Decide whether the sentiment of the movie review is positive or negative.",
-                    lambda: _sst2("train"), lambda: _sst2("dev"),
-                    "SST-2 (GLUE): train.tsv for training, the 872-row dev set for evaluation")
+        return Task(
+            "sst2",
+            "Review: {text}\nSentiment:",
+            ("negative", "positive"),
+            (" negative", " positive"),
+            "Decide whether the sentiment of the movie review is positive or negative.",
+            lambda: _sst2("train"),
+            lambda: _sst2("dev"),
+            "SST-2 (GLUE): train.tsv for training, the 872-row dev set for evaluation",
+        )
     if name == "agnews":
-        return Task("agnews", "{text}\nThis news article is about",
-                    ("World", "Sports", "Business", "Sci/Tech"), (" World", " Sports", " Business", " Technology"),
-                    "Classify the topic of the news article: world, sports, business or technology.",
-                    lambda: _ag_news_split("train"), lambda: _ag_news_split("eval"),
-                    f"AG News test.csv split with seed {AG_NEWS_SPLIT_SEED}: {AG_NEWS_POOL_PER_CLASS} per class "
-                    "train pool, the other 6,800 rows for evaluation")
+        return Task(
+            "agnews",
+            "{text}\nThis news article is about",
+            ("World", "Sports", "Business", "Sci/Tech"),
+            (" World", " Sports", " Business", " Technology"),
+            "Classify the topic of the news article: world, sports, business or technology.",
+            lambda: _ag_news_split("train"),
+            lambda: _ag_news_split("eval"),
+            f"AG News test.csv split with seed {AG_NEWS_SPLIT_SEED}: {AG_NEWS_POOL_PER_CLASS} per class "
+            "train pool, the other 6,800 rows for evaluation",
+        )
     if name == "yelp2":
         values = ["0", "1"]
-        return Task("yelp2", "Review: {text}\nSentiment:", ("negative", "positive"), (" negative", " positive"),
-                    "Decide whether the sentiment of the restaurant review is positive or negative.",
-                    lambda: _kshot("yelp-2", "train", kshot_seed, values),
-                    lambda: _kshot("yelp-2", "dev", kshot_seed, values),
-                    f"Yelp-2 16-shot seed {kshot_seed} (train and dev only: no test set here)")
+        return Task(
+            "yelp2",
+            "Review: {text}\nSentiment:",
+            ("negative", "positive"),
+            (" negative", " positive"),
+            "Decide whether the sentiment of the restaurant review is positive or negative.",
+            lambda: _kshot("yelp-2", "train", kshot_seed, values),
+            lambda: _kshot("yelp-2", "dev", kshot_seed, values),
+            f"Yelp-2 16-shot seed {kshot_seed} (train and dev only: no test set here)",
+        )
     if name == "dbpedia":
         values = [str(i) for i in range(14)]
-        return Task("dbpedia", "{text}\nThis article is about the category:", DBPEDIA_LABELS, DBPEDIA_WORDS,
-                    "Classify the Wikipedia article into its category.",
-                    lambda: _kshot("dbpedia", "train", kshot_seed, values),
-                    lambda: _kshot("dbpedia", "dev", kshot_seed, values),
-                    f"DBPedia 16-shot seed {kshot_seed} (train and dev only: no test set here)")
+        return Task(
+            "dbpedia",
+            "{text}\nThis article is about the category:",
+            DBPEDIA_LABELS,
+            DBPEDIA_WORDS,
+            "Classify the Wikipedia article into its category.",
+            lambda: _kshot("dbpedia", "train", kshot_seed, values),
+            lambda: _kshot("dbpedia", "dev", kshot_seed, values),
+            f"DBPedia 16-shot seed {kshot_seed} (train and dev only: no test set here)",
+        )
     raise TaskError(f"unknown task {name!r}: use sst2, agnews, yelp2, dbpedia or the path of a task file")
 
 
 def load_task_file(path: Path) -> Task:
     """A user task from TOML or JSON. Keys (paths are relative to the task file)::
 
-        name = "reviews"
-        template = "Review: {text}\\nSentiment:"       # {text_pair} for sentence pairs
-        instruction = "Is the review positive or negative?"   # optional: seeds the soft prompt
-        train = "train.csv"                            # CSV, TSV or JSONL
-        eval = "dev.jsonl"
-        text_column = "sentence"
-        text_pair_column = "hypothesis"                # optional
-        label_column = "label"
-        [labels]                                       # value in the file -> verbalizer word
-        "0" = " negative"
-        "1" = " positive"
+    name = "reviews"
+    template = "Review: {text}\\nSentiment:"       # {text_pair} for sentence pairs
+    instruction = "Is the review positive or negative?"   # optional: seeds the soft prompt
+    train = "train.csv"                            # CSV, TSV or JSONL
+    eval = "dev.jsonl"
+    text_column = "sentence"
+    text_pair_column = "hypothesis"                # optional
+    label_column = "label"
+    [labels]                                       # value in the file -> verbalizer word
+    "0" = " negative"
+    "1" = " positive"
     """
     path = Path(path)
     if not path.is_file():
@@ -218,22 +281,34 @@ def load_task_file(path: Path) -> Task:
         raise TaskError(f"task file {path}: {not_text} must be strings")
     labels = spec["labels"]
     if not isinstance(labels, dict) or len(labels) < 2:
-        raise TaskError(f"task file {path}: 'labels' must map each label value in the data to a verbalizer word, "
-                        "and a task needs at least two labels")
+        raise TaskError(
+            f"task file {path}: 'labels' must map each label value in the data to a verbalizer word, "
+            "and a task needs at least two labels"
+        )
     values = [str(value) for value in labels]
     pair = spec.get("text_pair_column")
     if bool(pair) != ("{text_pair}" in spec["template"]):
-        raise TaskError(f"task file {path}: a sentence-pair task needs both text_pair_column and {{text_pair}} in "
-                        "the template; a single-text task has neither")
+        raise TaskError(
+            f"task file {path}: a sentence-pair task needs both text_pair_column and {{text_pair}} in "
+            "the template; a single-text task has neither"
+        )
 
     def loader(key: str) -> Callable[[], list[Example]]:
         data_path = path.parent / spec[key]
-        return lambda: _examples(read_rows(data_path), str(data_path), spec["text_column"], spec["label_column"],
-                                 values, text_pair=pair)
+        return lambda: _examples(
+            read_rows(data_path), str(data_path), spec["text_column"], spec["label_column"], values, text_pair=pair
+        )
 
-    return Task(str(spec["name"]), spec["template"], tuple(values), tuple(str(w) for w in labels.values()),
-                spec.get("instruction", "Classify the text."), loader("train"), loader("eval"),
-                f"user task from {path}")
+    return Task(
+        str(spec["name"]),
+        spec["template"],
+        tuple(values),
+        tuple(str(w) for w in labels.values()),
+        spec.get("instruction", "Classify the text."),
+        loader("train"),
+        loader("eval"),
+        f"user task from {path}",
+    )
 
 
 def resolve_task(name_or_path: str, kshot_seed: int = 13) -> Task:

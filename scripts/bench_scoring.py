@@ -70,8 +70,10 @@ def main() -> None:
     logits16 = model.logits(z, examples)
     agreement = (logits32.argmax(-1) == logits16.argmax(-1)).mean()
     fp32_seconds = best_time(lambda: reference.logits(z, examples), 1)
-    print(f"bf16 vs fp32: prediction agreement {agreement:.4f}, max |logit diff| "
-          f"{np.abs(logits32 - logits16).max():.3f}, fp32 {fp32_seconds / seconds['ours (before)']:.2f}x slower")
+    print(
+        f"bf16 vs fp32: prediction agreement {agreement:.4f}, max |logit diff| "
+        f"{np.abs(logits32 - logits16).max():.3f}, fp32 {fp32_seconds / seconds['ours (before)']:.2f}x slower"
+    )
     ours = seconds["ours (before)"]
     print(f"speedup_vs_naive={seconds['naive'] / ours:.2f} fraction_of_limit={seconds['limit (no prompt)'] / ours:.2f}")
 

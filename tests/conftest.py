@@ -20,8 +20,7 @@ from fedbpt.tasks import builtin_task
 
 
 def word_tokenizer(size: int = 3000) -> PreTrainedTokenizerFast:
-    counts = Counter(word for example in builtin_task("sst2").load_train()[:20000]
-                     for word in example.text.split())
+    counts = Counter(word for example in builtin_task("sst2").load_train()[:20000] for word in example.text.split())
     words = ["[UNK]", "Review", ":", "Sentiment", "positive", "negative", "\n"]
     words += [word for word, _ in counts.most_common(size) if word not in words]
     model = Tokenizer(WordLevel({word: i for i, word in enumerate(words)}, unk_token="[UNK]"))
@@ -31,8 +30,15 @@ def word_tokenizer(size: int = 3000) -> PreTrainedTokenizerFast:
 
 def tiny_backend(dtype: torch.dtype = torch.float32, seed: int = 0, **options) -> TransformersBackend:
     tokenizer = word_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(dtype)
     return TransformersBackend(model, tokenizer, "tiny-llama", **options)

@@ -46,8 +46,10 @@ def test_fedbpt_does_not_depend_on_arrival_order():
 
 
 def test_fedavg_weights_by_example_count():
-    updates = [update("a", np.full(DIM, 1.0), n_examples=30, sigma=1.0),
-               update("b", np.full(DIM, 5.0), n_examples=10, sigma=0.2)]
+    updates = [
+        update("a", np.full(DIM, 1.0), n_examples=30, sigma=1.0),
+        update("b", np.full(DIM, 5.0), n_examples=10, sigma=0.2),
+    ]
     new = aggregate.fedavg(state(), updates)
     np.testing.assert_allclose(new.mean, 2.0)
     assert new.sigma == pytest.approx(0.8)

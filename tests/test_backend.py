@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_backend
-from fedbpt.objective import PromptedModel, cross_entropy, encode_examples, hinge, perturb
+
+from fedbpt.objective import Objective, PromptedModel, cross_entropy, encode_examples, hinge, perturb
 from fedbpt.projection import Projection
 from fedbpt.tasks import builtin_task
 
@@ -74,3 +74,18 @@ def test_losses():
     labels = np.array([0, 1])
     np.testing.assert_allclose(cross_entropy(logits, labels), [np.log1p(np.exp(-2.0)), np.log(2.0)])
     np.testing.assert_allclose(hinge(logits, labels), [0.0, 1.0])
+
+
+@pytest.mark.parametrize("loss, function", [("ce", cross_entropy), ("hinge", hinge)])
+def test_perturbed_fitness_is_clean_loss_over_perturbed_loss(backend, loss, function):
+    model = prompted(backend)
+    encoded = model.encode(EXAMPLES[:8])
+    labels = np.array([example.label for example in EXAMPLES[:8]])
+    perturbed = perturb(encoded, 0.5, backend.vocab_size, 3)
+    z = np.random.default_rng(2).normal(size=(3, 40))
+    fitness = Objective(model, encoded, labels, loss, perturbed)(z)
+    expected = function(model.logits(z, encoded), labels) / np.maximum(
+        function(model.logits(z, perturbed), labels), 1e-8
+    )
+    np.testing.assert_allclose(fitness, expected, rtol=1e-4)
+    np.testing.assert_allclose(Objective(model, encoded, labels, loss)(z), function(model.logits(z, encoded), labels))

@@ -10,15 +10,22 @@ SCRIPT = "from fedbpt.projection import Projection; print(Projection(7, 500, 4, 
 
 
 def test_projection_bytes_identical_across_processes():
-    fingerprints = {subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True)
-                    .stdout.strip() for _ in range(2)}
+    fingerprints = {
+        subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True).stdout.strip()
+        for _ in range(2)
+    }
     assert fingerprints == {Projection(7, 500, 4, 64, 0.01).fingerprint()}
 
 
 def test_fingerprint_changes_with_every_pinned_setting():
     base = Projection(7, 500, 4, 64, 0.01).fingerprint()
-    others = [Projection(8, 500, 4, 64, 0.01), Projection(7, 400, 4, 64, 0.01), Projection(7, 500, 5, 64, 0.01),
-              Projection(7, 500, 4, 32, 0.01), Projection(7, 500, 4, 64, 0.02)]
+    others = [
+        Projection(8, 500, 4, 64, 0.01),
+        Projection(7, 400, 4, 64, 0.01),
+        Projection(7, 500, 5, 64, 0.01),
+        Projection(7, 500, 4, 32, 0.01),
+        Projection(7, 500, 4, 64, 0.02),
+    ]
     assert all(other.fingerprint() != base for other in others)
 
 

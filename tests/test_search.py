@@ -39,8 +39,10 @@ def test_federated_rounds_lower_a_toy_objective(rule):
     state = GlobalState.initial(30, 0.5)
     config = SearchConfig(population=5, iterations=4)
     for round_number in range(8):
-        updates = [local_search(state, sphere, config, party_seed(1, party, round_number), f"p{party}", 10)
-                   for party in range(4)]
+        updates = [
+            local_search(state, sphere, config, party_seed(1, party, round_number), f"p{party}", 10)
+            for party in range(4)
+        ]
         state = getattr(aggregate, rule)(state, updates)
     assert sphere(state.mean[None])[0] < 0.5 * sphere(np.zeros((1, 30)))[0]
 
@@ -60,8 +62,15 @@ def test_search_config_is_checked():
 
 
 def small_config(**changes) -> SimulationConfig:
-    options = dict(parties=3, rounds=2, examples_per_party=4, dim=20, n_tokens=3, eval_examples=16,
-                   search=SearchConfig(population=3, iterations=2))
+    options = dict(
+        parties=3,
+        rounds=2,
+        examples_per_party=4,
+        dim=20,
+        n_tokens=3,
+        eval_examples=16,
+        search=SearchConfig(population=3, iterations=2),
+    )
     return SimulationConfig(**{**options, **changes})
 
 
@@ -96,8 +105,10 @@ def test_interrupted_simulation_keeps_finished_rounds(backend, tmp_path, monkeyp
     assert "final_accuracy" in saved and "final_mean" in saved
 
 
-@pytest.mark.parametrize("changes, message", [
-    (dict(partition="random"), "partition"), (dict(aggregator="mean"), "aggregator"), (dict(rounds=0), "rounds")])
+@pytest.mark.parametrize(
+    "changes, message",
+    [(dict(partition="random"), "partition"), (dict(aggregator="mean"), "aggregator"), (dict(rounds=0), "rounds")],
+)
 def test_simulation_config_is_checked(changes, message):
     with pytest.raises(ValueError, match=message):
         small_config(**changes)

