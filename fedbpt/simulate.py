@@ -179,6 +179,7 @@ def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None
             }
             if (round_number + 1) % config.eval_every == 0 or round_number + 1 == config.rounds:
                 record["accuracy"], record["seconds"]["evaluate"] = evaluate(state.mean)
+            record["elapsed"] = time.perf_counter() - started
             results["rounds"].append(record)
             results["final_mean"] = state.to_dict()
             bar.set_postfix(fitness=f"{record['train_fitness']:.3f}", acc=record.get("accuracy", "-"))
