@@ -126,6 +126,7 @@ def load_backend(name_or_path: str = DEFAULT_MODEL, dtype: str = "bfloat16", thr
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fedbpt.backends.hf import TransformersBackend
@@ -133,6 +134,7 @@ def load_backend(name_or_path: str = DEFAULT_MODEL, dtype: str = "bfloat16", thr
     if threads:
         torch.set_num_threads(threads)
     identity, location = resolve_weights(name_or_path)
+    transformers.utils.logging.disable_progress_bar()  # a bar per load of a 0.5 s read is noise
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=getattr(torch, dtype))

@@ -181,7 +181,7 @@ def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None
                 record["accuracy"], record["seconds"]["evaluate"] = evaluate(state.mean)
             record["elapsed"] = time.perf_counter() - started
             results["rounds"].append(record)
-            results["final_mean"] = state.to_dict()
+            results["final_state"] = state.to_dict()
             bar.set_postfix(fitness=f"{record['train_fitness']:.3f}", acc=record.get("accuracy", "-"))
             save()
         results["status"] = "finished"

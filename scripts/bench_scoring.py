@@ -2,7 +2,8 @@
 
 SmolLM2-135M (bf16), a 50-token soft prompt, population 5, 32 SST-2 dev examples. "limit" runs the
 same 160 example sequences with no prompt at all: no scorer of prompted sequences can beat it.
-Also reports the "after" placement and how far bf16 logits are from fp32 ones.
+Also reports the "after" placement (speed, and the initial prompt's accuracy on the first 200 SST-2 dev
+rows in each placement) and how far bf16 logits are from fp32 ones.
 
     .venv/bin/python scripts/bench_scoring.py [--repeats 3] [--threads 2]
 
@@ -64,6 +65,14 @@ def main() -> None:
     print(f"{'scorer':20s} {'seconds':>8s} {'seq/s':>8s}")
     for name, value in seconds.items():
         print(f"{name:20s} {value:8.3f} {sequences / value:8.1f}")
+
+    held_out = task.load_eval()[:200]
+    held_out_labels = np.array([row.label for row in held_out])
+    for placement in ("before", "after"):
+        placed = PromptedModel.build(backend, task, projection, placement)
+        accuracy = placed.accuracy(np.zeros(500), placed.encode(held_out), held_out_labels)
+        speed = sequences / seconds[f"ours ({placement})"]
+        print(f"placement {placement:6s}: initial-prompt accuracy {accuracy:.3f}, {speed:.1f} seq/s")
 
     reference = PromptedModel.build(backends["float32"], task, projection)
     logits32 = reference.logits(z, examples)

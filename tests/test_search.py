@@ -102,7 +102,7 @@ def test_interrupted_simulation_keeps_finished_rounds(backend, tmp_path, monkeyp
     simulate.simulate(small_config(rounds=5), backend, out)
     saved = json.loads(out.read_text())
     assert saved["status"] == "interrupted" and len(saved["rounds"]) == 1
-    assert "final_accuracy" in saved and "final_mean" in saved
+    assert "final_accuracy" in saved and "final_state" in saved
 
 
 @pytest.mark.parametrize(
