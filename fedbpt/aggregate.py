@@ -8,7 +8,7 @@ are plain JSON (vectors as base64 float32, as on the wire); no pickle anywhere.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 from cma.recombination_weights import RecombinationWeights
@@ -64,13 +64,27 @@ class Update:
 
     @classmethod
     def from_dict(cls, data: dict) -> Update:
-        return cls(**{**data, "mean": decode_vector(data["mean"]), "sigmas": tuple(float(s) for s in data["sigmas"])})
+        """Parse a wire update; a missing or unknown field, or a bad vector, is an InvalidUpdate."""
+        expected = {field.name for field in fields(cls)}
+        if (
+            not isinstance(data, dict)
+            or not {"party", "round", "mean", "sigmas", "sigma", "fitness", "n_examples"} <= set(data) <= expected
+        ):
+            raise InvalidUpdate(f"an update needs the fields {sorted(expected)} (evaluations and seconds optional)")
+        try:
+            mean = decode_vector(data["mean"])
+            sigmas = tuple(float(s) for s in data["sigmas"])
+        except (TypeError, ValueError) as error:
+            raise InvalidUpdate(f"malformed mean or sigmas: {error}") from None
+        return cls(**{**data, "mean": mean, "sigmas": sigmas})
 
 
 def validate(state: GlobalState, update: Update) -> None:
     """Raise InvalidUpdate with a reason if the update cannot be aggregated into this state."""
     dim = len(state.mean)
     mean = np.asarray(update.mean)
+    if isinstance(update.round, bool) or not isinstance(update.round, int):
+        raise InvalidUpdate(f"round must be an integer, got {update.round!r}")
     if update.round != state.round:
         raise InvalidUpdate(
             f"update from {update.party!r} is for round {update.round}, the open round is {state.round}"
@@ -86,9 +100,13 @@ def validate(state: GlobalState, update: Update) -> None:
         raise InvalidUpdate("sigmas is empty: send the local step size of every local iteration")
     if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0) or np.any(sigmas > MAX_SIGMA):
         raise InvalidUpdate(f"every sigma must be finite, positive and at most {MAX_SIGMA:g}")
-    if not math.isfinite(update.fitness):
+    if (
+        isinstance(update.fitness, bool)
+        or not isinstance(update.fitness, int | float)
+        or not math.isfinite(update.fitness)
+    ):
         raise InvalidUpdate("fitness must be a finite number")
-    if not isinstance(update.n_examples, int) or update.n_examples < 1:
+    if isinstance(update.n_examples, bool) or not isinstance(update.n_examples, int) or update.n_examples < 1:
         raise InvalidUpdate(f"n_examples must be a positive integer, got {update.n_examples!r}")
 
 

@@ -72,6 +72,8 @@ def simulate(
     results = run(config, backend, out)
     typer.echo(summary(results))
     typer.echo(f"results written to {out}")
+    if results["status"] == "interrupted":
+        raise typer.Exit(130)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,17 @@ class Example:
 
 
 def data_root() -> Path:
-    """Folder of the bundled benchmark data: ``$FEDBPT_DATA``, else ``shared/data`` beside the repo."""
+    """Folder of the bundled benchmark data: ``$FEDBPT_DATA``, else ``shared/data`` beside or inside the repo."""
     configured = os.environ.get("FEDBPT_DATA")
-    root = Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not root.is_dir():
-        raise DataError(
-            f"benchmark data folder {root} not found: set FEDBPT_DATA to the folder that holds sst2/, "
-            "ag_news/ and kshot_rlprompt/"
-        )
-    return root
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [Path(configured)] if configured else [repo.parent / "shared" / "data", repo / "shared" / "data"]
+    for root in candidates:
+        if root.is_dir():
+            return root
+    raise DataError(
+        f"benchmark data folder not found (looked in {', '.join(map(str, candidates))}): set FEDBPT_DATA to "
+        "the folder that holds sst2/, ag_news/ and kshot_rlprompt/"
+    )
 
 
 def read_rows(
@@ -48,7 +50,7 @@ def read_rows(
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -68,7 +70,7 @@ def read_rows(
     quoting = csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE
     if not has_header and not columns:
         raise DataError(f"{path}: a file without a header row needs its column names (columns=...)")
-    with path.open(encoding="utf-8", newline="") as handle:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
         header = next(reader, None) if has_header else columns
         if not header:

@@ -12,6 +12,8 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +44,15 @@ class PackagedModel:
         target = cache_dir() / "gguf" / self.gguf_file
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(dir=target.parent)) / self.gguf_file
             try:
-                importlib.import_module(self.module).assemble(target)
+                importlib.import_module(self.module).assemble(partial)
             except (ImportError, FileNotFoundError) as error:
                 raise ModelNotFound(
                     f"model {self.name!r} is incomplete ({error}); install it with: {self.install}"
                 ) from None
+            partial.replace(target)  # atomic: an interrupted assembly never leaves a truncated file
+            shutil.rmtree(partial.parent)
         return target
 
 
@@ -83,6 +88,8 @@ def _converted_copy(gguf: Path, label: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not gguf.is_file():
+        raise ModelNotFound(f"GGUF file {gguf} does not exist; reinstall the package that provides it")
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_dir() / "transformers" / f"{label}-{key}"
@@ -93,10 +100,14 @@ def _converted_copy(gguf: Path, label: str) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None  # the weights are already dequantized; this lets save_pretrained write them
     del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".partial-"))
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:  # another process finished the same conversion first
+        shutil.rmtree(partial)
     return target
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedbpt.backends import Backend, EncodedExample, Placement
-from fedbpt.data import Example
+from fedbpt.data import DataError, Example
 from fedbpt.projection import Projection
-from fedbpt.tasks import Task, verbalizer_token_ids
+from fedbpt.tasks import Task, TaskError, verbalizer_token_ids
 
 LOSSES = ("ce", "hinge")
 PREAMBLE = (
@@ -107,7 +107,18 @@ class PromptedModel:
         return cls(backend, task, projection, p0.astype(np.float32), label_ids, placement)
 
     def encode(self, examples: list[Example]) -> list[EncodedExample]:
-        return encode_examples(self.task, examples, self.backend.tokenize)
+        """Encode for this model; the label is read right after the last token, so it must exist."""
+        encoded = encode_examples(self.task, examples, self.backend.tokenize)
+        for example, original in zip(encoded, examples, strict=True):
+            if self.placement == "after" and example.split == len(example.ids):
+                raise TaskError(
+                    f"task {self.task.name!r}: placement 'after' puts the soft prompt between the text and the "
+                    "template's closing words, but the template has none after its last field; add some (for "
+                    "example '\\nSentiment:') or use placement 'before'"
+                )
+            if not example.ids:
+                raise DataError(f"an example of task {self.task.name!r} encodes to no tokens: {original!r}")
+        return encoded
 
     def logits(self, z: np.ndarray | None, examples: list[EncodedExample]) -> np.ndarray:
         """(candidates, examples, labels) for z of shape (candidates, dim); z=None scores the bare template."""

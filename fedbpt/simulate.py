@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from fedbpt import aggregate
 from fedbpt.aggregate import GlobalState, Update
-from fedbpt.backends import Backend
+from fedbpt.backends import PLACEMENTS, Backend
 from fedbpt.data import class_histogram, partition_dirichlet, partition_iid
 from fedbpt.objective import Objective, PromptedModel, perturb
 from fedbpt.projection import Projection, projection_scale
@@ -57,8 +57,16 @@ class SimulationConfig:
             raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
         if self.aggregator not in aggregate.AGGREGATORS:
             raise ValueError(f"aggregator must be one of {aggregate.AGGREGATORS}, got {self.aggregator!r}")
-        if self.parties < 1 or self.rounds < 1 or self.eval_every < 1:
-            raise ValueError("parties, rounds and eval_every must be at least 1")
+        if self.parties < 1 or self.rounds < 1 or self.eval_every < 1 or self.n_tokens < 1 or self.dim < 1:
+            raise ValueError("parties, rounds, eval_every, n_tokens and dim must be at least 1")
+        if self.sigma_rule not in aggregate.SIGMA_RULES:
+            raise ValueError(f"sigma_rule must be one of {aggregate.SIGMA_RULES}, got {self.sigma_rule!r}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        if self.parties_per_round <= 0 or self.eval_examples < 0 or self.examples_per_party < 1:
+            raise ValueError("parties_per_round and examples_per_party must be positive, eval_examples >= 0")
+        if self.sigma0 <= 0 or self.projection_alpha <= 0 or self.alpha <= 0 or self.sigma_floor < 0:
+            raise ValueError("sigma0, projection_alpha and alpha must be positive, sigma_floor >= 0")
 
     def per_round(self) -> int:
         count = (
@@ -194,7 +202,6 @@ def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None
         scored = [r for r in results["rounds"] if "accuracy" in r]
         if scored:
             results["final_accuracy"] = scored[-1]["accuracy"]
-            results["best_accuracy"] = max(r["accuracy"] for r in scored)
         save()
     return results
 
@@ -214,7 +221,7 @@ def summary(results: dict) -> str:
             )
     if "final_accuracy" in results:
         lines.append(
-            f"  final accuracy {results['final_accuracy']:.4f} (best {results['best_accuracy']:.4f}), "
+            f"  final accuracy {results['final_accuracy']:.4f}, "
             f"{results['final_accuracy'] - results['zero_shot_accuracy']:+.4f} vs zero-shot"
         )
     if results["rounds"]:

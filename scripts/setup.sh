@@ -4,12 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "fedbpt needs Python 3.11 or newer; $python is $("$python" --version 2>&1). Set PYTHON=python3.11 (or newer)." >&2
+    exit 1
+fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 
 # torch first, so that nothing later pulls a multi-GB CUDA build: a local CPU wheel when this machine
 # has one, else the index named by TORCH_INDEX_URL (for example PyTorch's CPU index), else the default.
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, sys; sys.exit(not torch.__version__.startswith('2.13.0'))" 2>/dev/null; then
     if compgen -G "/opt/wheels/torch-2.13.0+cpu-*.whl" >/dev/null; then
         "${pip[@]}" --find-links /opt/wheels "torch==2.13.0"
     elif [ -n "${TORCH_INDEX_URL:-}" ]; then

@@ -108,3 +108,32 @@ def test_state_and_update_round_trip_through_json():
     again = Update.from_dict(json.loads(json.dumps(original.to_dict())))
     np.testing.assert_array_equal(again.mean, mean)
     assert again.sigmas == original.sigmas and again.fitness == 0.25
+
+
+MALFORMED_WIRE_UPDATES = [
+    ({"party": "p"}, "needs the fields"),
+    ({**update("p", np.zeros(DIM)).to_dict(), "extra": 1}, "needs the fields"),
+    ({**update("p", np.zeros(DIM)).to_dict(), "mean": "not base64!"}, "malformed mean"),
+    ({**update("p", np.zeros(DIM)).to_dict(), "sigmas": ["x"]}, "malformed mean or sigmas"),
+]
+
+
+@pytest.mark.parametrize("data, reason", MALFORMED_WIRE_UPDATES)
+def test_malformed_wire_updates_are_invalid_updates(data, reason):
+    with pytest.raises(InvalidUpdate, match=reason):
+        Update.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        (dict(fitness="0.5"), "fitness"),
+        (dict(fitness=True), "fitness"),
+        (dict(n_examples=True), "n_examples"),
+        (dict(round="0"), "round must be an integer"),
+    ],
+)
+def test_wrong_types_are_rejected(changes, reason):
+    bad = Update(**{**vars(update("bad", np.zeros(DIM))), **changes})
+    with pytest.raises(InvalidUpdate, match=reason):
+        aggregate.validate(state(), bad)

@@ -5,7 +5,7 @@ from conftest import tiny_backend
 
 from fedbpt.objective import Objective, PromptedModel, cross_entropy, encode_examples, hinge, perturb
 from fedbpt.projection import Projection
-from fedbpt.tasks import builtin_task
+from fedbpt.tasks import TaskError, builtin_task
 
 TASK = builtin_task("sst2")
 EXAMPLES = TASK.load_eval()[:24]
@@ -89,3 +89,19 @@ def test_perturbed_fitness_is_clean_loss_over_perturbed_loss(backend, loss, func
     )
     np.testing.assert_allclose(fitness, expected, rtol=1e-4)
     np.testing.assert_allclose(Objective(model, encoded, labels, loss)(z), function(model.logits(z, encoded), labels))
+
+
+def test_after_placement_needs_words_after_the_text(backend):
+    task = builtin_task("sst2")
+    bare = type(task)(
+        task.name,
+        "Review: {text}",
+        task.label_names,
+        task.verbalizers,
+        task.instruction,
+        task.load_train,
+        task.load_eval,
+    )
+    model = PromptedModel.build(backend, bare, Projection(5, 40, 6, backend.hidden_size, 0.02), "after")
+    with pytest.raises(TaskError, match="placement 'after'"):
+        model.encode(EXAMPLES[:2])

@@ -107,7 +107,16 @@ def test_interrupted_simulation_keeps_finished_rounds(backend, tmp_path, monkeyp
 
 @pytest.mark.parametrize(
     "changes, message",
-    [(dict(partition="random"), "partition"), (dict(aggregator="mean"), "aggregator"), (dict(rounds=0), "rounds")],
+    [
+        (dict(partition="random"), "partition"),
+        (dict(aggregator="mean"), "aggregator"),
+        (dict(rounds=0), "rounds"),
+        (dict(sigma_rule="median"), "sigma_rule"),
+        (dict(placement="middle"), "placement"),
+        (dict(n_tokens=0), "n_tokens"),
+        (dict(parties_per_round=0), "parties_per_round"),
+        (dict(sigma0=0), "sigma0"),
+    ],
 )
 def test_simulation_config_is_checked(changes, message):
     with pytest.raises(ValueError, match=message):

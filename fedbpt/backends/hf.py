@@ -39,7 +39,8 @@ class TransformersBackend:
         self.hidden_size = int(config.hidden_size)
         self.vocab_size = int(config.vocab_size)
         self.softcap = getattr(config, "final_logit_softcapping", None)
-        self.bos_ids = tuple(tokenizer("", add_special_tokens=True)["input_ids"])
+        leading = tokenizer("", add_special_tokens=True)["input_ids"][:1]
+        self.bos_ids = tuple(leading) if leading == [tokenizer.bos_token_id] else ()
         self.dtype = model.dtype
         self._embed = model.get_input_embeddings()
 
