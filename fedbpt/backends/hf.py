@@ -16,7 +16,8 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedbpt.backends import EncodedExample, Placement
 
-# Tuned on a 2-core CPU with SmolLM2-135M (scripts/bench_scoring.py): larger batches stop paying off.
+# Batch limits from the feasibility measurements in DESIGN.md (SmolLM2 on 2 cores: buckets of up to ~160
+# sequences per forward were fastest; one giant batch of 20 candidates was slower, being memory-bound).
 TOKENS_PER_FORWARD = 4096
 SEQUENCES_PER_FORWARD = 160
 
