@@ -5,6 +5,7 @@
 # FedAvg-BBT 7 rounds (about 20 minutes). Extra arguments go to both runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 out=${OUT:-runs/learning}
 mkdir -p "$out"
 common=(--task sst2 --parties 10 --partition dirichlet --alpha 1.0 --examples-per-party 16
