@@ -79,11 +79,15 @@ class Update:
         return cls(**{**data, "mean": mean, "sigmas": sigmas})
 
 
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def validate(state: GlobalState, update: Update) -> None:
     """Raise InvalidUpdate with a reason if the update cannot be aggregated into this state."""
     dim = len(state.mean)
     mean = np.asarray(update.mean)
-    if isinstance(update.round, bool) or not isinstance(update.round, int):
+    if not _is_integer(update.round):
         raise InvalidUpdate(f"round must be an integer, got {update.round!r}")
     if update.round != state.round:
         raise InvalidUpdate(
@@ -100,13 +104,9 @@ def validate(state: GlobalState, update: Update) -> None:
         raise InvalidUpdate("sigmas is empty: send the local step size of every local iteration")
     if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0) or np.any(sigmas > MAX_SIGMA):
         raise InvalidUpdate(f"every sigma must be finite, positive and at most {MAX_SIGMA:g}")
-    if (
-        isinstance(update.fitness, bool)
-        or not isinstance(update.fitness, int | float)
-        or not math.isfinite(update.fitness)
-    ):
+    if not (_is_integer(update.fitness) or isinstance(update.fitness, float)) or not math.isfinite(update.fitness):
         raise InvalidUpdate("fitness must be a finite number")
-    if isinstance(update.n_examples, bool) or not isinstance(update.n_examples, int) or update.n_examples < 1:
+    if not _is_integer(update.n_examples) or update.n_examples < 1:
         raise InvalidUpdate(f"n_examples must be a positive integer, got {update.n_examples!r}")
 
 

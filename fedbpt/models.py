@@ -12,8 +12,9 @@ import hashlib
 import importlib
 import importlib.util
 import os
-import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,16 +44,13 @@ class PackagedModel:
             return Path(spec.submodule_search_locations[0]) / self.gguf_file
         target = cache_dir() / "gguf" / self.gguf_file
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = Path(tempfile.mkdtemp(dir=target.parent)) / self.gguf_file
-            try:
-                importlib.import_module(self.module).assemble(partial)
-            except (ImportError, FileNotFoundError) as error:
-                raise ModelNotFound(
-                    f"model {self.name!r} is incomplete ({error}); install it with: {self.install}"
-                ) from None
-            partial.replace(target)  # atomic: an interrupted assembly never leaves a truncated file
-            shutil.rmtree(partial.parent)
+            with _published(target) as partial:
+                try:
+                    importlib.import_module(self.module).assemble(partial)
+                except (ImportError, FileNotFoundError) as error:
+                    raise ModelNotFound(
+                        f"model {self.name!r} is incomplete ({error}); install it with: {self.install}"
+                    ) from None
         return target
 
 
@@ -79,6 +77,23 @@ PACKAGED = {
 }
 
 
+@contextmanager
+def _published(target: Path) -> Iterator[Path]:
+    """Yield a temporary path to write ``target`` into; on success move it into place in one rename.
+
+    An interrupted write never leaves a truncated cache entry, and when two processes race, the first
+    one's result is kept.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=target.name + ".partial-") as scratch:
+        partial = Path(scratch) / target.name
+        yield partial
+        try:
+            partial.rename(target)
+        except OSError:  # another process published a non-empty folder there first
+            pass
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("FEDBPT_CACHE", Path.home() / ".cache" / "fedbpt"))
 
@@ -100,14 +115,9 @@ def _converted_copy(gguf: Path, label: str) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None  # the weights are already dequantized; this lets save_pretrained write them
     del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=target.name + ".partial-"))
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    try:
-        partial.rename(target)
-    except OSError:  # another process finished the same conversion first
-        shutil.rmtree(partial)
+    with _published(target) as partial:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
     return target
 
 
