@@ -18,7 +18,8 @@ def prompted(backend, placement="before", n_tokens=6):
 @pytest.mark.parametrize("placement", ["before", "after"])
 @pytest.mark.parametrize("with_prompt", [True, False])
 def test_shared_scoring_equals_naive_scoring(placement, with_prompt):
-    backend = tiny_backend(tokens_per_forward=96, sequences_per_forward=7)  # forces many uneven chunks
+    # Small budgets force many packed rows and uneven forwards.
+    backend = tiny_backend(tokens_per_forward=96, sequences_per_forward=7, tokens_per_row=40)
     model = prompted(backend, placement)
     encoded = model.encode(EXAMPLES)
     prompts = model.p0[None] + model.projection(np.random.default_rng(0).normal(size=(3, 40))) if with_prompt else None

@@ -4,8 +4,9 @@ Every scored sequence is ``head + tail``: in "before" placement the head is the 
 candidate) and the tail is an example's text; in "after" placement the head is an example's text (one
 per example) and the tail is the soft prompt plus the template's closing words. Heads are run once and
 their keys/values are shared by every (head, tail) pair, so each candidate's prompt (or each example's
-text) is computed once per call. Tails are sorted by length and batched under a token budget, and only
-the label tokens' logits at the last position are computed.
+text) is computed once per call; words every example starts with (the template's opening) join the head.
+A head's tails are packed into rows with a block-diagonal mask, so short texts cost no padding, and only
+the label tokens' logits at each tail's last position are computed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedbpt.backends import EncodedExample, Placement
 
-# Batch limits from the feasibility measurements in DESIGN.md (SmolLM2 on 2 cores: buckets of up to ~160
-# sequences per forward were fastest; one giant batch of 20 candidates was slower, being memory-bound).
-TOKENS_PER_FORWARD = 4096
+# Batch limits measured with SmolLM2 on 2 cores (docs/results.md): rows of 512 packed tokens, 2,048 tokens
+# per forward; bigger forwards were slower, being memory-bound.
+TOKENS_PER_FORWARD = 2048
 SEQUENCES_PER_FORWARD = 160
+TOKENS_PER_ROW = 512
 
 
 class TransformersBackend:
@@ -30,12 +32,14 @@ class TransformersBackend:
         identity: str,
         tokens_per_forward: int = TOKENS_PER_FORWARD,
         sequences_per_forward: int = SEQUENCES_PER_FORWARD,
+        tokens_per_row: int = TOKENS_PER_ROW,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.identity = identity
         self.tokens_per_forward = tokens_per_forward
         self.sequences_per_forward = sequences_per_forward
+        self.tokens_per_row = tokens_per_row
         config = model.config.get_text_config()
         self.hidden_size = int(config.hidden_size)
         self.vocab_size = int(config.vocab_size)
@@ -73,8 +77,10 @@ class TransformersBackend:
             prompt_tensors = list(torch.from_numpy(np.ascontiguousarray(prompts, dtype=np.float32)).to(self.dtype))
         bos = self._embed_ids(self.bos_ids)
         if placement == "before":
-            heads = [torch.cat([bos, prompt]) for prompt in prompt_tensors]
-            tails = [self._embed_ids(example.ids) for example in examples]
+            # The template's opening words are the same in every example: they join the shared head.
+            opening = _common_prefix([example.ids for example in examples])
+            heads = [torch.cat([bos, prompt, self._embed_ids(opening)]) for prompt in prompt_tensors]
+            tails = [self._embed_ids(example.ids[len(opening) :]) for example in examples]
             pairs = [(p, e) for p in range(len(heads)) for e in range(len(tails))]
         elif placement == "after":
             heads = [torch.cat([bos, self._embed_ids(example.ids[: example.split])]) for example in examples]
@@ -125,41 +131,100 @@ class TransformersBackend:
         return batch, mask, lengths
 
     def _last_hidden_shared(self, heads, tails, pairs) -> torch.Tensor:
-        head_lengths = torch.tensor([len(h) for h in heads])
-        head_width = int(head_lengths.max())
-        cache_layers, head_mask = None, torch.zeros(len(heads), 0, dtype=torch.long)
-        if head_width:
-            # Left padding keeps each head's last token next to its tail; the mask hides the pads.
-            batch = torch.zeros(len(heads), head_width, self.hidden_size, dtype=self.dtype)
-            head_mask = torch.zeros(len(heads), head_width, dtype=torch.long)
-            for row, head in enumerate(heads):
-                batch[row, head_width - len(head) :] = head
-                head_mask[row, head_width - len(head) :] = 1
-            positions = (head_mask.cumsum(-1) - 1).clamp(min=0)
-            out = self.model.base_model(
-                inputs_embeds=batch, attention_mask=head_mask, position_ids=positions, use_cache=True
-            )
-            cache_layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        cache_layers, head_mask, head_lengths = self._run_heads(heads)
+        rows = self._pack(pairs, [len(t) for t in tails])
         hidden = torch.empty(len(pairs), self.hidden_size, dtype=self.dtype)
-        tail_lengths = [len(tails[t]) for _, t in pairs]
-        for chunk in self._chunks([head_width + n for n in tail_lengths]):
-            head_index = torch.tensor([pairs[i][0] for i in chunk])
-            batch, tail_mask, lengths = self._pad_right([tails[pairs[i][1]] for i in chunk])
+        for chunk in self._chunks([sum(len(tails[pairs[i][1]]) for i in row) for _, row in rows]):
+            head_index = torch.tensor([rows[r][0] for r in chunk])
+            members = [rows[r][1] for r in chunk]
+            inputs, segments, offsets, last = self._packed_batch(members, tails, pairs)
             cache = None
             if cache_layers is not None:
                 cache = DynamicCache(
                     ddp_cache_data=[(k[head_index], v[head_index]) for k, v in cache_layers], config=self.model.config
                 )
-            positions = head_lengths[head_index][:, None] + torch.arange(batch.shape[1])[None, :]
             out = self.model.base_model(
-                inputs_embeds=batch,
-                attention_mask=torch.cat([head_mask[head_index], tail_mask], 1),
-                position_ids=positions,
+                inputs_embeds=inputs,
+                attention_mask=self._packed_mask(head_mask[head_index], segments),
+                position_ids=head_lengths[head_index][:, None] + offsets,
                 past_key_values=cache,
                 use_cache=cache is not None,
             )
-            hidden[chunk] = out.last_hidden_state[torch.arange(len(chunk)), lengths - 1]
+            hidden[[i for row in members for i in row]] = out.last_hidden_state[last[:, 0], last[:, 1]]
         return hidden
+
+    def _run_heads(self, heads) -> tuple[list | None, torch.Tensor, torch.Tensor]:
+        """Runs every head once and returns its keys/values per layer, its padding mask and its length."""
+        head_lengths = torch.tensor([len(h) for h in heads])
+        width = int(head_lengths.max())
+        head_mask = torch.zeros(len(heads), width, dtype=torch.bool)
+        if not width:
+            return None, head_mask, head_lengths
+        # Left padding keeps each head's last token next to its tails; the mask hides the pads.
+        batch = torch.zeros(len(heads), width, self.hidden_size, dtype=self.dtype)
+        for row, head in enumerate(heads):
+            batch[row, width - len(head) :] = head
+            head_mask[row, width - len(head) :] = True
+        positions = (head_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.model.base_model(
+            inputs_embeds=batch, attention_mask=head_mask.long(), position_ids=positions, use_cache=True
+        )
+        return [(layer.keys, layer.values) for layer in out.past_key_values.layers], head_mask, head_lengths
+
+    def _pack(self, pairs, tail_lengths: list[int]) -> list[tuple[int, list[int]]]:
+        """Places each head's tails into rows of about ``tokens_per_row`` tokens (first fit, longest first).
+
+        A row holds several tails one after another and a block-diagonal mask keeps them apart, so short
+        texts cost no padding, and a head's keys/values are copied once per row instead of once per tail.
+        """
+        by_head: dict[int, list[int]] = {}
+        for index, (head, _) in enumerate(pairs):
+            by_head.setdefault(head, []).append(index)
+        rows = []
+        for head, members in by_head.items():
+            head_rows: list[list[int]] = []
+            used: list[int] = []
+            for index in sorted(members, key=lambda i: -tail_lengths[pairs[i][1]]):
+                length = tail_lengths[pairs[index][1]]
+                fits = [r for r, tokens in enumerate(used) if tokens + length <= self.tokens_per_row]
+                if fits:
+                    head_rows[fits[0]].append(index)
+                    used[fits[0]] += length
+                else:
+                    head_rows.append([index])
+                    used.append(length)
+            rows.extend((head, row) for row in head_rows)
+        return rows
+
+    def _packed_batch(self, members: list[list[int]], tails, pairs):
+        """Right-padded rows of concatenated tails, each token's tail number (-1 on padding) and offset in
+        its tail, and the (row, position) of every tail's last token, in the order of ``members``."""
+        widths = [sum(len(tails[pairs[i][1]]) for i in row) for row in members]
+        shape = (len(members), max(widths))
+        inputs = torch.zeros(*shape, self.hidden_size, dtype=self.dtype)
+        segments = torch.full(shape, -1, dtype=torch.long)
+        offsets = torch.zeros(shape, dtype=torch.long)
+        last = []
+        for r, row in enumerate(members):
+            start = 0
+            for segment, index in enumerate(row):
+                tail = tails[pairs[index][1]]
+                end = start + len(tail)
+                inputs[r, start:end] = tail
+                segments[r, start:end] = segment
+                offsets[r, start:end] = torch.arange(len(tail))
+                last.append((r, end - 1))
+                start = end
+        return inputs, segments, offsets, torch.tensor(last)
+
+    @staticmethod
+    def _packed_mask(head_mask: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """(rows, 1, width, head + width) boolean mask: a token sees its row's head and the earlier tokens of
+        its own tail (padding sees earlier padding, so no query row is empty)."""
+        width = segments.shape[1]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        same_tail = (segments[:, :, None] == segments[:, None, :]) & causal
+        return torch.cat([head_mask[:, None, :].expand(-1, width, -1), same_tail], -1)[:, None]
 
     def _last_hidden_naive(self, heads, tails, pairs) -> torch.Tensor:
         sequences = [torch.cat([heads[h], tails[t]]) for h, t in pairs]
@@ -169,3 +234,12 @@ class TransformersBackend:
             out = self.model.base_model(inputs_embeds=batch, attention_mask=mask, use_cache=False)
             hidden[chunk] = out.last_hidden_state[torch.arange(len(chunk)), lengths - 1]
         return hidden
+
+
+def _common_prefix(sequences: list[tuple[int, ...]]) -> tuple[int, ...]:
+    """The tokens every sequence starts with, leaving at least one token in each."""
+    shortest = min((len(ids) for ids in sequences), default=1) - 1
+    length = 0
+    while length < shortest and all(ids[length] == sequences[0][length] for ids in sequences):
+        length += 1
+    return tuple(sequences[0][:length]) if length else ()
