@@ -169,3 +169,19 @@ def fedavg(state: GlobalState, updates: list[Update]) -> GlobalState:
 
 
 AGGREGATORS = ("fedbpt", "fedavg")
+
+
+def apply(
+    aggregator: str,
+    state: GlobalState,
+    updates: list[Update],
+    sigma_rule: str = "code",
+    local_population: int = 5,
+    sigma_floor: float = 0.0,
+) -> GlobalState:
+    """The next state under the named rule; what the simulator and the server both call."""
+    if aggregator == "fedavg":
+        return fedavg(state, updates)
+    if aggregator == "fedbpt":
+        return fedbpt(state, updates, sigma_rule, local_population, sigma_floor)
+    raise ValueError(f"unknown aggregator {aggregator!r}; use one of {AGGREGATORS}")

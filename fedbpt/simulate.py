@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fedbpt import aggregate
-from fedbpt.aggregate import GlobalState, Update
+from fedbpt.aggregate import GlobalState
 from fedbpt.backends import PLACEMENTS, Backend
 from fedbpt.data import class_histogram, partition_dirichlet, partition_iid
 from fedbpt.objective import Objective, PromptedModel, perturb
@@ -100,12 +100,6 @@ def split_parties(config: SimulationConfig, model: PromptedModel) -> tuple[list[
     return parties, class_histogram(labels, shares, model.task.n_labels)
 
 
-def aggregate_round(config: SimulationConfig, state: GlobalState, updates: list[Update]) -> GlobalState:
-    if config.aggregator == "fedavg":
-        return aggregate.fedavg(state, updates)
-    return aggregate.fedbpt(state, updates, config.sigma_rule, config.search.population, config.sigma_floor)
-
-
 def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None) -> dict:
     """Run the federation; return (and write to ``out``) the results."""
     task = resolve_task(config.task)
@@ -169,7 +163,9 @@ def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None
             search_seconds = time.perf_counter() - search_started
             aggregate_started = time.perf_counter()
             downlink = len(json.dumps(state.to_dict()))
-            state = aggregate_round(config, state, updates)
+            state = aggregate.apply(
+                config.aggregator, state, updates, config.sigma_rule, config.search.population, config.sigma_floor
+            )
             record = {
                 "round": round_number + 1,
                 "parties": [update.party for update in updates],

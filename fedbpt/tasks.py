@@ -192,6 +192,9 @@ DBPEDIA_WORDS = (
 )
 
 
+BUILTIN_TASKS = ("sst2", "agnews", "yelp2", "dbpedia")
+
+
 def builtin_task(name: str, kshot_seed: int = 13) -> Task:
     """The benchmark tasks shipped with the data: sst2, agnews, yelp2, dbpedia."""
     if name == "sst2":
@@ -266,35 +269,40 @@ def load_task_file(path: Path) -> Task:
         spec = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         raise TaskError(f"task file {path} cannot be parsed: {error}") from None
+    return task_from_dict(spec, path.parent, str(path))
+
+
+def task_from_dict(spec: object, data_dir: Path, origin: str) -> Task:
+    """A user task from a task file's parsed content; data paths are relative to ``data_dir``."""
     if not isinstance(spec, dict):
-        raise TaskError(f"task file {path} must hold a table/object of settings")
+        raise TaskError(f"task file {origin} must hold a table/object of settings")
     required = ["name", "template", "train", "eval", "text_column", "label_column", "labels"]
     missing = [key for key in required if key not in spec]
     if missing:
-        raise TaskError(f"task file {path} is missing {missing}; required keys: {required}")
+        raise TaskError(f"task file {origin} is missing {missing}; required keys: {required}")
     unknown = set(spec) - {*required, "instruction", "text_pair_column"}
     if unknown:
-        raise TaskError(f"task file {path} has unknown keys {sorted(unknown)}")
+        raise TaskError(f"task file {origin} has unknown keys {sorted(unknown)}")
     text_keys = [*required[:-1], *(key for key in ("instruction", "text_pair_column") if key in spec)]
     not_text = [key for key in text_keys if not isinstance(spec[key], str)]
     if not_text:
-        raise TaskError(f"task file {path}: {not_text} must be strings")
+        raise TaskError(f"task file {origin}: {not_text} must be strings")
     labels = spec["labels"]
     if not isinstance(labels, dict) or len(labels) < 2:
         raise TaskError(
-            f"task file {path}: 'labels' must map each label value in the data to a verbalizer word, "
+            f"task file {origin}: 'labels' must map each label value in the data to a verbalizer word, "
             "and a task needs at least two labels"
         )
     values = [str(value) for value in labels]
     pair = spec.get("text_pair_column")
     if bool(pair) != ("{text_pair}" in spec["template"]):
         raise TaskError(
-            f"task file {path}: a sentence-pair task needs both text_pair_column and {{text_pair}} in "
+            f"task file {origin}: a sentence-pair task needs both text_pair_column and {{text_pair}} in "
             "the template; a single-text task has neither"
         )
 
     def loader(key: str) -> Callable[[], list[Example]]:
-        data_path = path.parent / spec[key]
+        data_path = Path(data_dir) / spec[key]
         return lambda: _examples(
             read_rows(data_path), str(data_path), spec["text_column"], spec["label_column"], values, text_pair=pair
         )
@@ -307,7 +315,7 @@ def load_task_file(path: Path) -> Task:
         spec.get("instruction", "Classify the text."),
         loader("train"),
         loader("eval"),
-        f"user task from {path}",
+        f"user task from {origin}",
     )
 
 

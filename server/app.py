@@ -1,0 +1,110 @@
+"""The FastAPI app: ``uvicorn server.app:app`` (settings from the environment, see server/settings.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server import errors
+from server.events import RoundEvents
+from server.metrics import Metrics
+from server.routers import jobs, ops, results, rounds
+from server.service import Coordinator
+from server.settings import Settings
+from server.store import Store
+
+
+class BodyLimit:
+    """Refuses request bodies over the settings' limit with a 413, whether or not they declare a length."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = scope["app"].state.settings.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._refuse(limit, scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                return await self._refuse(limit, scope, receive, send)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body exceeds {limit} bytes (FEDBPT_MAX_BODY_BYTES)"
+        await errors.error_response(413, "body_too_large", message)(scope, receive, send)
+
+
+async def _close_overdue_rounds(app: FastAPI) -> None:
+    while True:
+        await run_in_threadpool(app.state.coordinator.close_overdue)
+        await asyncio.sleep(app.state.settings.deadline_check_s)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; without ``settings`` they are read from the environment when it starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.settings = settings or Settings.from_env()
+        app.state.store = Store(app.state.settings.database)
+        app.state.events.bind(asyncio.get_running_loop())
+        app.state.coordinator = Coordinator(app.state.store, app.state.metrics, app.state.events.notify)
+        task = asyncio.create_task(_close_overdue_rounds(app))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        app.state.store.close()
+
+    app = FastAPI(
+        title="fedbpt server",
+        description="Coordinates black-box federated prompt tuning (FedBPT) jobs over HTTP.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.metrics = Metrics()
+    app.state.events = RoundEvents()
+    errors.install(app)
+    for module in (jobs, rounds, results, ops):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def timed(request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        app.state.metrics.latency.labels(
+            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
+        ).observe(time.perf_counter() - started)
+        return response
+
+    app.add_middleware(BodyLimit)
+    return app
+
+
+app = create_app()

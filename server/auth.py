@@ -1,0 +1,78 @@
+"""Bearer-token dependencies: the admin scope and the party scope are separate."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from server.errors import ApiError
+from server.service import Coordinator
+from server.settings import Settings
+
+bearer = HTTPBearer(auto_error=False)
+
+
+def settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def coordinator(request: Request) -> Coordinator:
+    return request.app.state.coordinator
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or not credentials.credentials:
+        raise ApiError(401, "missing_token", "send 'Authorization: Bearer <token>'")
+    return credentials.credentials
+
+
+def _is_admin(token: str, config: Settings) -> bool:
+    return hmac.compare_digest(token.encode(), config.admin_token.encode())
+
+
+def require_admin(
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    config: Settings = Depends(settings),
+    service: Coordinator = Depends(coordinator),
+) -> None:
+    token = _token(credentials)
+    if _is_admin(token, config):
+        return
+    if service.party_for_token(token) is not None:
+        raise ApiError(403, "admin_only", "this route needs the administrator token, not a party token")
+    raise ApiError(401, "bad_token", "wrong administrator token")
+
+
+def current_party(
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer), service: Coordinator = Depends(coordinator)
+) -> dict:
+    party = service.party_for_token(_token(credentials))
+    if party is None:
+        raise ApiError(401, "bad_token", "unknown token; ask the administrator for a party token")
+    return party
+
+
+def job_party(job_id: str, party: dict = Depends(current_party)) -> dict:
+    """The calling party, which must belong to the job in the path."""
+    if party["job_id"] != job_id:
+        raise ApiError(403, "wrong_job", f"this token belongs to another job, not to {job_id}")
+    return party
+
+
+def job_reader(
+    job_id: str,
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    config: Settings = Depends(settings),
+    service: Coordinator = Depends(coordinator),
+) -> None:
+    """The administrator, or a party of the job in the path."""
+    token = _token(credentials)
+    if _is_admin(token, config):
+        return
+    party = service.party_for_token(token)
+    if party is None:
+        raise ApiError(401, "bad_token", "unknown token; use the administrator token or a party token of this job")
+    if party["job_id"] != job_id:
+        raise ApiError(403, "wrong_job", f"this token belongs to another job, not to {job_id}")
