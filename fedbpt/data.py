@@ -136,3 +136,21 @@ def class_histogram(labels: np.ndarray, shares: list[np.ndarray], n_classes: int
     """(parties, classes) counts: how each party's examples spread over the labels."""
     labels = np.asarray(labels)
     return np.stack([np.bincount(labels[share], minlength=n_classes) for share in shares])
+
+
+def federated_split(
+    train: list[Example], n_parties: int, per_party: int, partition: str, alpha: float, seed: int
+) -> tuple[list[Example], list[np.ndarray]]:
+    """A seeded pool of ``n_parties * per_party`` training examples and each party's share of it.
+
+    The simulator and every HTTP client call this with the same arguments, so party i of a real
+    federation holds exactly the examples party i holds in the simulation.
+    """
+    if partition not in ("iid", "dirichlet"):
+        raise DataError(f"partition must be 'iid' or 'dirichlet', got {partition!r}")
+    rng = np.random.default_rng(seed)
+    size = min(len(train), n_parties * per_party)
+    pool = [train[i] for i in np.sort(rng.choice(len(train), size=size, replace=False))]
+    if partition == "iid":
+        return pool, partition_iid(len(pool), n_parties, seed)
+    return pool, partition_dirichlet(np.array([example.label for example in pool]), n_parties, alpha, seed)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from fedbpt import aggregate
 from fedbpt.aggregate import GlobalState
 from fedbpt.backends import PLACEMENTS, Backend
-from fedbpt.data import class_histogram, partition_dirichlet, partition_iid
+from fedbpt.data import class_histogram, federated_split
 from fedbpt.objective import Objective, PromptedModel, perturb
 from fedbpt.projection import Projection, projection_scale
 from fedbpt.search import SearchConfig, local_search, party_seed
@@ -86,15 +86,10 @@ class Party:
 
 def split_parties(config: SimulationConfig, model: PromptedModel) -> tuple[list[Party], np.ndarray]:
     """The parties, and their (parties, classes) label histogram."""
-    train = model.task.load_train()
-    rng = np.random.default_rng(config.seed)
-    pool_size = min(len(train), config.parties * config.examples_per_party)
-    pool = [train[i] for i in np.sort(rng.choice(len(train), size=pool_size, replace=False))]
+    pool, shares = federated_split(
+        model.task.load_train(), config.parties, config.examples_per_party, config.partition, config.alpha, config.seed
+    )
     labels = np.array([example.label for example in pool])
-    if config.partition == "iid":
-        shares = partition_iid(len(pool), config.parties, config.seed)
-    else:
-        shares = partition_dirichlet(labels, config.parties, config.alpha, config.seed)
     encoded = model.encode(pool)
     parties = [Party(f"party-{i}", [encoded[j] for j in share], labels[share]) for i, share in enumerate(shares)]
     return parties, class_histogram(labels, shares, model.task.n_labels)

@@ -1,0 +1,112 @@
+"""The server's HTTP API as Python calls, with retries: used by the clients and the admin commands.
+
+Connection errors and 5xx answers are retried with exponential backoff (a restarting server is
+ridden out); 4xx answers raise ``ApiError`` with the server's message. Every write is idempotent on
+the server (an identical resend is accepted as a duplicate), so retrying a POST whose answer was lost
+is safe.
+"""
+
+from __future__ import annotations
+
+import ssl
+import sys
+import time
+
+import httpx
+
+RETRY_FOR_S = 600.0
+
+
+class ApiError(RuntimeError):
+    """The server refused a request (4xx); ``code`` is its machine-readable reason."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{message} (HTTP {status} {code})")
+        self.status, self.code = status, code
+
+
+class ServerUnavailable(RuntimeError):
+    """The server could not be reached (or kept failing) for longer than the retry window."""
+
+
+class Api:
+    def __init__(self, url: str, token: str, ca_bundle: str | None = None, retry_for_s: float = RETRY_FOR_S):
+        self.retry_for_s = retry_for_s
+        self.http = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            verify=ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True,
+            timeout=httpx.Timeout(90.0, connect=10.0),
+        )
+
+    def request(self, method: str, path: str, **options) -> dict:
+        give_up = time.monotonic() + self.retry_for_s
+        delay = 0.5
+        while True:
+            try:
+                response = self.http.request(method, path, **options)
+            except httpx.TransportError as error:
+                if isinstance(error, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(error):
+                    raise ServerUnavailable(
+                        f"cannot verify the server's TLS certificate ({error}); pass its CA with --ca-bundle"
+                    ) from None
+                problem = f"{type(error).__name__}: {error}"
+            else:
+                if response.status_code < 500:
+                    return self._parsed(response)
+                problem = f"HTTP {response.status_code}"
+            if time.monotonic() + delay > give_up:
+                raise ServerUnavailable(f"server at {self.http.base_url} unavailable for {self.retry_for_s:.0f} s")
+            print(f"server unavailable ({problem}); retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    @staticmethod
+    def _parsed(response: httpx.Response) -> dict:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if response.is_success:
+            return body
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        raise ApiError(response.status_code, error.get("code", "error"), error.get("message", response.text))
+
+    # party routes
+    def me(self) -> dict:
+        return self.request("GET", "/v1/me")
+
+    def spec(self, job: str) -> dict:
+        return self.request("GET", f"/v1/jobs/{job}/spec")
+
+    def round(self, job: str, after: int = -1, wait: float = 0.0) -> dict:
+        return self.request("GET", f"/v1/jobs/{job}/round", params={"after": after, "wait": wait})
+
+    def submit(self, job: str, round_number: int, update: dict) -> dict:
+        return self.request("POST", f"/v1/jobs/{job}/rounds/{round_number}/updates", json=update)
+
+    def evaluate(self, job: str, round_number: int, accuracy: float, n_examples: int) -> dict:
+        body = {"accuracy": accuracy, "n_examples": n_examples}
+        return self.request("POST", f"/v1/jobs/{job}/rounds/{round_number}/evaluations", json=body)
+
+    # administrator routes
+    def create_job(self, spec: dict) -> dict:
+        return self.request("POST", "/v1/jobs", json=spec)
+
+    def add_party(self, job: str, name: str) -> dict:
+        return self.request("POST", f"/v1/jobs/{job}/parties", json={"name": name})
+
+    def job(self, job: str) -> dict:
+        return self.request("GET", f"/v1/jobs/{job}")
+
+    # results (administrator or the job's parties)
+    def history(self, job: str) -> dict:
+        return self.request("GET", f"/v1/jobs/{job}/history")
+
+    def prompt(self, job: str, which: str = "final") -> dict:
+        return self.request("GET", f"/v1/jobs/{job}/prompt", params={"which": which})
+
+
+def enroll(url: str, secret: str, ca_bundle: str | None = None) -> dict:
+    """Redeem a one-time enrollment secret for a party token."""
+    return Api(url, "", ca_bundle).request("POST", "/v1/enroll", json={"secret": secret})
