@@ -60,7 +60,7 @@ MEANING = {
     "fetch": "GET round without wait, send -> response",
     "wake": "round closed (server clock) -> party has next round",
 }
-BUCKET = re.compile(r"^fedbpt_request_seconds_bucket\{(?P<labels>[^}]*)\} (?P<count>\S+)$")
+BUCKET = re.compile(r"^fedbpt_request_seconds_bucket\{(?P<labels>.*)\} (?P<count>\S+)$")
 
 
 class Recorder:

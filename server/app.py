@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,8 @@ from server.routers import jobs, ops, results, rounds
 from server.service import Coordinator
 from server.settings import Settings
 from server.store import Store
+
+logger = logging.getLogger("fedbpt.server")
 
 
 class BodyLimit:
@@ -61,7 +64,10 @@ class BodyLimit:
 
 async def _close_overdue_rounds(app: FastAPI) -> None:
     while True:
-        await run_in_threadpool(app.state.coordinator.close_overdue)
+        try:
+            await run_in_threadpool(app.state.coordinator.close_overdue)
+        except Exception:  # keep checking: one failing job must not stop every other job's deadlines
+            logger.exception("closing overdue rounds failed; retrying")
         await asyncio.sleep(app.state.settings.deadline_check_s)
 
 

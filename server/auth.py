@@ -46,9 +46,14 @@ def require_admin(
 
 
 def current_party(
-    credentials: HTTPAuthorizationCredentials | None = Depends(bearer), service: Coordinator = Depends(coordinator)
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    config: Settings = Depends(settings),
+    service: Coordinator = Depends(coordinator),
 ) -> dict:
-    party = service.party_for_token(_token(credentials))
+    token = _token(credentials)
+    party = service.party_for_token(token)
+    if party is None and _is_admin(token, config):
+        raise ApiError(403, "party_only", "this route is for parties: use a party token, not the administrator's")
     if party is None:
         raise ApiError(401, "bad_token", "unknown token; ask the administrator for a party token")
     return party

@@ -18,12 +18,16 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"status": status, "code": code, "message": message}}, status_code=status)
 
 
+def _explain(error: dict) -> str:
+    if error["type"] == "json_invalid":  # its loc ends with a character offset, not a field
+        reason = error.get("ctx", {}).get("error", "decode error")
+        return f"the body is not valid JSON: {reason} at character {error['loc'][-1]}"
+    where = ".".join(str(part) for part in error["loc"] if part != "body")
+    return f"{where or 'body'}: {error['msg']}"
+
+
 def _describe(errors: list[dict]) -> str:
-    parts = []
-    for error in errors[:5]:
-        where = ".".join(str(part) for part in error["loc"] if part != "body")
-        parts.append(f"{where or 'body'}: {error['msg']}")
-    return "; ".join(parts)
+    return "; ".join(_explain(error) for error in errors[:5])
 
 
 def install(app: FastAPI) -> None:
