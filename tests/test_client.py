@@ -103,3 +103,27 @@ def test_client_verifies_tls_with_a_ca_bundle(tmp_path):
             Api(server.url, ADMIN_TOKEN).request("GET", "/v1/jobs")
     finally:
         server.stop()
+
+
+def test_a_killed_client_leaves_the_round_to_close_at_its_deadline(tmp_path, tiny_model_dir):
+    server = ServerProcess(tmp_path / "server.db").start()
+    try:
+        admin = Api(server.url, ADMIN_TOKEN)
+        spec = job_spec(tiny_model_dir, rounds=2, parties_per_round=3, quorum=2, round_deadline_s=3.0)
+        job = admin.create_job(spec)["id"]
+        tokens = [admin.add_party(job, f"party-{i}")["token"] for i in range(3)]
+        clients = [start_client(server, token, tiny_model_dir, shard) for shard, token in enumerate(tokens)]
+        for line in clients[2].stdout:  # it has joined and loaded its model and data, and not yet submitted
+            if b"training examples" in line:
+                break
+        clients[2].kill()
+        for client in clients[:2]:
+            output = client.communicate(timeout=240)[0].decode()
+            assert client.returncode == 0, output
+        assert admin.job(job)["status"] == "finished"
+        for record in admin.history(job)["rounds"]:
+            assert record["reason"] == "deadline" and sorted(record["parties"]) == ["party-0", "party-1"]
+    finally:
+        for client in clients:
+            client.kill()
+        server.stop()
