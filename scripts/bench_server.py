@@ -4,11 +4,13 @@
 
 The server runs as its own process on a fresh SQLite database in a temporary folder. The parties are
 asyncio tasks on one event loop, each with its own httpx.AsyncClient; there is no model: each party sends a
-valid random update of the real dimension (500 numbers, about 2.9 KB). A party joins at a random time
-in [0, think) s and fetches the open round; then, in every round, it "computes" for a uniform [0, think) s
-delay standing in for its local search, submits its update, reports an evaluation of the prompt it
-started from, and long-polls for the next round. A round closes when all N updates are in
-(parties_per_round = N), so the slowest party sets the pace, and all N long-polls wake at once.
+valid random update of the real dimension (500 numbers, about 2.9 KB). Each follows the loop of
+clients/party.py with sleeps in place of the model: it joins at a random time in [0, think) s and fetches
+the open round; on every new round it evaluates the global prompt (a uniform [0, think) s delay) and
+reports the accuracy, runs its local search (another uniform [0, think) s delay) and submits its update,
+then long-polls for the next round; when the job ends it reports the final prompt's accuracy. A round closes
+when all N updates are in (parties_per_round = N), so the slowest party sets the pace and all N
+long-polls wake at once.
 
 Request kinds, timed on the client from sending to the full response (so they include this process's
 own event-loop delay, printed as "client loop lag"):
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import random
 import re
@@ -108,6 +111,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def skip_sniffio_search() -> None:
+    """httpcore runs ``import sniffio`` on every request; where sniffio is not installed, each failed import
+    searches sys.path again (a large part of this client's CPU). Recording the miss once makes it cheap."""
+    if importlib.util.find_spec("sniffio") is None:
+        sys.modules["sniffio"] = None
+
+
 def raise_file_limit(clients: int) -> None:
     """Each party holds a connection on both sides; the server process inherits this limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -124,8 +134,8 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
         "FEDBPT_MAX_WAIT_S": str(MAX_WAIT_S),
     }
     command = [sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1", "--port", str(port)]
-    log = (folder / "server.log").open("wb")
-    process = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    with (folder / "server.log").open("wb") as log:
+        process = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -194,46 +204,52 @@ def random_update(rng: np.random.Generator, round_number: int) -> dict:
     }
 
 
-async def next_round(client: httpx.AsyncClient, recorder: Recorder, url: str, after: int, headers: dict) -> dict:
-    """Long-poll until the open round passes ``after`` (or the job ends); re-polls if the wait runs out."""
-    while True:
-        params = {"after": after, "wait": MAX_WAIT_S}
-        info = (await recorder.send("", client, "GET", url, params=params, headers=headers)).json()
-        if info["round"] > after or info["status"] != "running":
-            recorder.learned[after].append(time.time())
-            return info
-
-
 def party_client(url: str, tls: ssl.SSLContext) -> httpx.AsyncClient:
     """A party's own client and connection, as on its own machine (one shared pool of N connections costs
-    httpcore O(N) work per request); the TLS context, unused over http, is built once and shared."""
-    return httpx.AsyncClient(
-        base_url=url, verify=tls, limits=httpx.Limits(max_connections=1), timeout=httpx.Timeout(MAX_WAIT_S + 60)
-    )
+    httpcore O(N) work per request). Idle connections are dropped after 4 s, before uvicorn's 5 s keep-alive
+    timeout closes them under a request. The TLS context, unused over http, is built once and shared."""
+    limits = httpx.Limits(max_connections=1, keepalive_expiry=4.0)
+    return httpx.AsyncClient(base_url=url, verify=tls, limits=limits, timeout=httpx.Timeout(MAX_WAIT_S + 60))
+
+
+class Party:
+    """One synthetic party, following the loop of clients/party.py with sleeps in place of the model."""
+
+    def __init__(self, client: httpx.AsyncClient, recorder: Recorder, job_id: str, token: str, think: float, seed: int):
+        self.client, self.recorder, self.think = client, recorder, think
+        self.headers, self.base = {"Authorization": f"Bearer {token}"}, f"/v1/jobs/{job_id}"
+        self.rng, self.pause = np.random.default_rng(seed), random.Random(seed)
+
+    async def send(self, kind: str, method: str, path: str, **kwargs) -> dict:
+        response = await self.recorder.send(kind, self.client, method, self.base + path, headers=self.headers, **kwargs)
+        return response.json()
+
+    async def run(self) -> None:
+        await asyncio.sleep(self.pause.uniform(0, self.think))
+        info = await self.send("fetch", "GET", "/round")
+        while True:
+            await asyncio.sleep(self.pause.uniform(0, self.think))  # evaluating the global prompt
+            report = {"accuracy": float(self.rng.uniform(0.5, 0.9)), "n_examples": int(self.rng.integers(16, 200))}
+            await self.send("evaluation", "POST", f"/rounds/{info['round']}/evaluations", json=report)
+            if info["status"] != "running":
+                return
+            await asyncio.sleep(self.pause.uniform(0, self.think))  # the local search
+            update = random_update(self.rng, info["round"])
+            await self.send("submit", "POST", f"/rounds/{info['round']}/updates", json=update)
+            info = await self.next_round(info["round"])
+
+    async def next_round(self, after: int) -> dict:
+        """Long-poll until the open round passes ``after`` (or the job ends); re-polls if the wait runs out."""
+        while True:
+            info = await self.send("", "GET", "/round", params={"after": after, "wait": MAX_WAIT_S})
+            if info["round"] > after or info["status"] != "running":
+                self.recorder.learned[after].append(time.time())
+                return info
 
 
 async def party(url: str, tls: ssl.SSLContext, recorder: Recorder, job_id: str, token: str, think: float, seed: int):
     async with party_client(url, tls) as client:
-        await party_rounds(client, recorder, job_id, token, think, seed)
-
-
-async def party_rounds(
-    client: httpx.AsyncClient, recorder: Recorder, job_id: str, token: str, think: float, seed: int
-) -> None:
-    rng, pause = np.random.default_rng(seed), random.Random(seed)
-    headers, base = {"Authorization": f"Bearer {token}"}, f"/v1/jobs/{job_id}"
-    await asyncio.sleep(pause.uniform(0, think))
-    info = (await recorder.send("fetch", client, "GET", f"{base}/round", headers=headers)).json()
-    while info["status"] == "running":
-        round_number = info["round"]
-        await asyncio.sleep(pause.uniform(0, think))
-        url = f"{base}/rounds/{round_number}/updates"
-        body = random_update(rng, round_number)
-        await recorder.send("submit", client, "POST", url, json=body, headers=headers)
-        report = {"accuracy": float(rng.uniform(0.5, 0.9)), "n_examples": int(rng.integers(16, 200))}
-        url = f"{base}/rounds/{round_number}/evaluations"
-        await recorder.send("evaluation", client, "POST", url, json=report, headers=headers)
-        info = await next_round(client, recorder, f"{base}/round", round_number, headers)
+        await Party(client, recorder, job_id, token, think, seed).run()
 
 
 async def history(client: httpx.AsyncClient, job_id: str) -> dict:
@@ -287,7 +303,12 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
         job_id, tokens = await set_up(client, recorder, args)
         setup_s = time.perf_counter() - started
         watcher = asyncio.create_task(recorder.watch_loop())
-        server_cpu, client_cpu, started = cpu_seconds(server.pid), time.process_time(), time.perf_counter()
+        server_cpu, client_cpu, started, wall = (
+            cpu_seconds(server.pid),
+            time.process_time(),
+            time.perf_counter(),
+            time.time(),
+        )
         await asyncio.gather(*(party(url, tls, recorder, job_id, t, args.think, i) for i, t in enumerate(tokens)))
         seconds = time.perf_counter() - started
         server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
@@ -303,6 +324,7 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
         "wakes": wake_delays(recorder, closed),
         "server_p99": server_p99_bounds(metrics),
         "rounds_closed": len(closed),
+        "rounds_s": max(closed.values()) - wall,
     }
 
 
@@ -320,25 +342,29 @@ def report(args: argparse.Namespace, result: dict) -> None:
     )
     print(f"server-side p99 (app histogram, bucket bound): {result['server_p99']}")
     print(
-        f"rounds phase {seconds:.1f} s, {result['rounds_closed']} rounds closed; CPU: server "
+        f"rounds phase {seconds:.1f} s ({result['rounds_closed']} rounds closed after {result['rounds_s']:.1f} s); "
+        f"CPU: server "
         f"{result['server_cpu']:.1f} s ({100 * result['server_cpu'] / seconds:.0f}% of a core), client "
         f"{result['client_cpu']:.1f} s ({100 * result['client_cpu'] / seconds:.0f}%)"
     )
     immediate = [value for kind in IMMEDIATE for value in recorder.latencies[kind]]
     updates = len(recorder.latencies["submit"]) + len(recorder.latencies["close"])
     p99 = np.percentile(immediate, 99) * 1e3
-    print(f"clients={args.clients} p99_ms={p99:.1f} updates_per_s={updates / seconds:.1f}")
+    print(f"clients={args.clients} p99_ms={p99:.1f} updates_per_s={updates / result['rounds_s']:.1f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=1000, help="number of synthetic parties")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--think", type=float, default=5.0, help="each party's compute delay is uniform in [0, think)")
+    parser.add_argument(
+        "--think", type=float, default=5.0, help="evaluating and searching each take uniform [0, think) s"
+    )
     parser.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
     parser.add_argument("--keep-db", action="store_true", help="keep the server's database and log, print where")
     args = parser.parse_args()
     raise_file_limit(args.clients)
+    skip_sniffio_search()
     folder = Path(tempfile.mkdtemp(prefix="fedbpt-bench-"))
     port = args.port or free_port()
     server = start_server(folder, port)
