@@ -49,17 +49,6 @@ ll.llama_log_set(_quiet, ctypes.c_void_p(0))
 ll.llama_backend_init()
 
 
-def model_metadata(path: Path) -> dict[str, str]:
-    """A GGUF file's metadata as strings (architecture, name, file type...), read without loading weights."""
-    reader = gguf.GGUFReader(path)
-    out = {}
-    for key in ("general.architecture", "general.name", "general.file_type"):
-        field = reader.get_field(key)
-        if field is not None:
-            out[key] = str(field.contents())
-    return out
-
-
 def quantize(source: Path, target: Path, quant: str, threads: int = 0) -> None:
     """Re-quantize a GGUF file with ``llama_model_quantize`` (``quant``: f16, q8_0 or q4_0)."""
     types = {"f16": ll.LLAMA_FTYPE_MOSTLY_F16, "q8_0": ll.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_0": ll.LLAMA_FTYPE_MOSTLY_Q4_0}
@@ -305,8 +294,62 @@ def _length(parts: list[np.ndarray]) -> int:
 
 
 def _embedding_tensor(path: Path) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
-    """The token embedding matrix as stored (memory-mapped rows, quantized or not) and its type."""
-    for tensor in gguf.GGUFReader(path).tensors:
-        if tensor.name == "token_embd.weight":
-            return tensor.data, tensor.tensor_type
-    raise LlamaError(f"{path} has no token_embd.weight tensor")
+    """The token embedding matrix as stored (memory-mapped rows, quantized or not) and its type.
+
+    Reads only the file's header: gguf.GGUFReader would also parse the whole vocabulary into arrays,
+    which takes seconds and about 150 MB for SmolLM2 on a small device.
+    """
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    if bytes(data[:4]) != b"GGUF":
+        raise LlamaError(f"{path} is not a GGUF file")
+    offset = 8
+    tensor_count, kv_count = np.frombuffer(data, np.uint64, 2, offset).tolist()
+    offset += 16
+    alignment = 32
+    for _ in range(kv_count):
+        key, offset = _string(data, offset)
+        kind = int(np.frombuffer(data, np.uint32, 1, offset)[0])
+        if key == "general.alignment":
+            alignment = int(np.frombuffer(data, np.uint32, 1, offset + 4)[0])
+        offset = _skip_value(data, offset + 4, kind)
+    found = None
+    for _ in range(tensor_count):
+        name, offset = _string(data, offset)
+        n_dims = int(np.frombuffer(data, np.uint32, 1, offset)[0])
+        dims = np.frombuffer(data, np.uint64, n_dims, offset + 4).tolist()
+        kind = int(np.frombuffer(data, np.uint32, 1, offset + 4 + 8 * n_dims)[0])
+        start = int(np.frombuffer(data, np.uint64, 1, offset + 8 + 8 * n_dims)[0])
+        offset += 16 + 8 * n_dims
+        if name == "token_embd.weight":
+            found = (dims, gguf.GGMLQuantizationType(kind), start)
+    if found is None:
+        raise LlamaError(f"{path} has no token_embd.weight tensor")
+    (width, rows), kind, start = found
+    block, block_bytes = gguf.GGML_QUANT_SIZES[kind]
+    row_bytes = width // block * block_bytes
+    begin = -(-offset // alignment) * alignment + start
+    return data[begin : begin + rows * row_bytes].reshape(rows, row_bytes), kind
+
+
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+
+
+def _string(data: np.ndarray, offset: int) -> tuple[str, int]:
+    length = int(np.frombuffer(data, np.uint64, 1, offset)[0])
+    return bytes(data[offset + 8 : offset + 8 + length]).decode("utf-8", "replace"), offset + 8 + length
+
+
+def _skip_value(data: np.ndarray, offset: int, kind: int) -> int:
+    if kind == _STRING:
+        return offset + 8 + int(np.frombuffer(data, np.uint64, 1, offset)[0])
+    if kind == _ARRAY:
+        item = int(np.frombuffer(data, np.uint32, 1, offset)[0])
+        count = int(np.frombuffer(data, np.uint64, 1, offset + 4)[0])
+        offset += 12
+        if item in _SCALAR_BYTES:
+            return offset + count * _SCALAR_BYTES[item]
+        for _ in range(count):
+            offset = _skip_value(data, offset, item)
+        return offset
+    return offset + _SCALAR_BYTES[kind]
