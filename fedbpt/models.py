@@ -200,7 +200,8 @@ def resolve_weights(name_or_path: str) -> str:
     """A location transformers loads: a GGUF model's safetensors copy, a local folder or a hub id."""
     gguf = gguf_file(name_or_path)
     if gguf is not None:
-        return str(_converted_copy(gguf, name_or_path.replace(":", "-") if ":" in name_or_path else gguf.stem))
+        packaged = name_or_path.partition(":")[0] in PACKAGED
+        return str(_converted_copy(gguf, name_or_path.replace(":", "-") if packaged else gguf.stem))
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
