@@ -235,6 +235,7 @@ def client(
     enroll: str = typer.Option(None, help="a one-time enrollment secret to redeem instead of a token"),
     model: str = typer.Option(None, help="model to load (default: the job's model name)"),
     dtype: str = typer.Option("bfloat16", help="bfloat16 or float32"),
+    engine: str = typer.Option("transformers", help="transformers, or llama.cpp (GGUF files, as the edge client)"),
     shard: int = typer.Option(0, help="this party's shard of a benchmark task's seeded split"),
     shards: int = typer.Option(0, help="number of shards (0 = use the task's whole training file)"),
     examples_per_party: int = typer.Option(16, help="training examples per shard on average"),
@@ -245,7 +246,7 @@ def client(
     threads: int = typer.Option(0, help="torch threads (0 = torch's default)"),
     ca_bundle: str = CA_BUNDLE,
 ):
-    """Join a server job as one party (transformers backend) and train until the job ends."""
+    """Join a server job as one party and train until the job ends."""
     from clients.party import PARTY_ERRORS, DataChoice, join_and_run
     from fedbpt.models import load_backend
 
@@ -256,7 +257,7 @@ def client(
             token,
             enroll,
             ca_bundle,
-            lambda spec: load_backend(model or spec["model"]["name"], dtype=dtype, threads=threads or None),
+            lambda spec: load_backend(model or spec["model"]["name"], dtype, threads or None, engine),
             choice,
         )
     except PARTY_ERRORS as error:

@@ -29,8 +29,8 @@ from fedbpt.backends import EncodedExample, Part, Placement, layout, model_ident
 
 SCALED_EMBEDDINGS = ("gemma", "gemma2", "gemma3", "gemma3n", "gemma-embedding", "gemma4")
 SCALES_EMBEDDING_INPUT = ("gemma", "gemma2")
-# Small-memory defaults: a 4,096-cell cache is about 100 MB for SmolLM2 (f16 keys/values).
-N_CTX = 4096
+# Small-memory defaults: a 2,048-cell cache holds about 50 MB of f16 keys/values for SmolLM2.
+N_CTX = 2048
 N_BATCH = 512
 N_SEQ_MAX = 64
 EMBEDDING_ROWS_PER_READ = 4096
