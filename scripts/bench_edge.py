@@ -3,7 +3,8 @@
 Each kind of client runs one round in its own child process, pinned to one CPU (``sched_setaffinity``)
 and capped with ``RLIMIT_AS`` (address space, the limit Linux enforces): the edge client (llama.cpp on a
 re-quantized GGUF file, no torch), the transformers client (bf16) and a backprop client (FedPrompt-style
-prompt tuning by gradient descent, from ``fedbpt.baselines``) on the same model, SmolLM2-135M. A round is
+prompt tuning by gradient descent through the frozen model, ``fedbpt.baselines.prompt_tuning``; one epoch
+of batches of 8) on the same model, SmolLM2-135M. A round is
 what a party does between downloading the global state and submitting: load the model, build the job's
 projection on the device, encode its examples, and run its local optimisation. A client that cannot run
 under the cap is run again without it, to measure what it needs. Prints peak RSS and seconds per round
@@ -53,13 +54,13 @@ def child(kind: str, cap_mb: int, args: argparse.Namespace) -> dict:
     train, _ = party_examples(spec, choice)
     labels = np.array([example.label for example in train])
     loaded = time.perf_counter()
+    model = prompted_model(spec, backend)
+    examples = model.encode(train)
     if kind == "fedprompt":
-        from fedbpt.baselines.fedprompt import fedprompt_round
+        from fedbpt.baselines.prompt_tuning import LocalTraining, fedprompt_round, initial_soft_prompt
 
-        fedprompt_round(backend, spec, train, epochs=args.iterations)
+        fedprompt_round(model, initial_soft_prompt(model), examples, labels, LocalTraining(epochs=1), seed=0)
     else:
-        model = prompted_model(spec, backend)
-        examples = model.encode(train)
         config = search_config(spec)
         seed = party_seed(spec["seed"], 0, 1)
         perturbed = perturb(examples, config.perturb_rate, backend.vocab_size, seed)
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--child", choices=KINDS)
     parser.add_argument("--cap-mb", type=int, default=1024)
     parser.add_argument("--quant", default="q4_0", choices=("f16", "q8_0", "q4_0"))
-    parser.add_argument("--iterations", type=int, default=4, help="CMA-ES iterations (FedPrompt: epochs) per round")
+    parser.add_argument("--iterations", type=int, default=4, help="CMA-ES iterations per round (FedPrompt: 1 epoch)")
     parser.add_argument("--examples", type=int, default=16)
     args = parser.parse_args()
     if args.child:

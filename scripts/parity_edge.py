@@ -47,12 +47,14 @@ def main() -> None:
             prepare("smollm2-135m", variant)
         backend = load_backend(name, threads=args.threads, engine="llama.cpp")
         edge = prompted_model(spec, backend)
+        start = time.perf_counter()
         logits = edge.logits(z, edge.encode(rows))[0]
+        seconds = time.perf_counter() - start
         difference = np.abs(logits - expected)
         agreement = (logits.argmax(-1) == expected.argmax(-1)).mean()
         accuracy = (logits.argmax(-1) == labels).mean()
         size = os.path.getsize(backend.path) / 2**20
-        figures = f"{agreement:9.3f} {difference.mean():10.4f} {difference.max():9.4f} {accuracy:8.3f} {size:6.1f}"
+        figures = f"{agreement:9.3f} {difference.mean():10.4f} {difference.max():9.4f} {accuracy:8.3f} {size:6.1f} {seconds:5.1f}"
         print(f"{variant:16s} {figures}")
     print(f"examples={len(rows)} load_average={os.getloadavg()[0]:.2f}")
 
