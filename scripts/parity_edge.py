@@ -54,8 +54,8 @@ def main() -> None:
         agreement = (logits.argmax(-1) == expected.argmax(-1)).mean()
         accuracy = (logits.argmax(-1) == labels).mean()
         size = os.path.getsize(backend.path) / 2**20
-        figures = f"{agreement:9.3f} {difference.mean():10.4f} {difference.max():9.4f} {accuracy:8.3f} {size:6.1f} {seconds:5.1f}"
-        print(f"{variant:16s} {figures}")
+        figures = f"{agreement:9.3f} {difference.mean():10.4f} {difference.max():9.4f} {accuracy:8.3f} {size:6.1f}"
+        print(f"{variant:16s} {figures} {seconds:5.1f}")
     print(f"examples={len(rows)} load_average={os.getloadavg()[0]:.2f}")
 
 
