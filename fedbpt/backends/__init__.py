@@ -79,7 +79,10 @@ def model_identity(family: str, hidden_size: int, vocabulary: list[str]) -> str:
     Every precision of one base model (full weights in transformers, f16/Q8_0/Q4_0 GGUF files in llama.cpp)
     shares it, so they can train together; a different model (another tokenizer, width or family) does not.
     """
-    digest = hashlib.sha256("\n".join(vocabulary).encode()).hexdigest()[:12]
+    # SentencePiece's "▁" marks a space; tokenizers and GGUF files disagree on whether a token made only of
+    # spaces is written with it (Gemma's whitespace tokens are), so it is hashed as a space.
+    text = "\n".join(vocabulary).replace("\u2581", " ")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return f"{family}-h{hidden_size}-v{len(vocabulary)}-{digest}"
 
 
