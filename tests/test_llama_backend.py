@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from fedbpt.backends.hf import TransformersBackend
 from fedbpt.backends.llama import LlamaCppBackend, quantize
 from fedbpt.job import JobMismatch, make_spec, prompted_model
-from fedbpt.models import load_backend
+from fedbpt.models import ModelNotFound, available_models, gguf_file, load_backend, prepare
 from fedbpt.objective import PromptedModel
 from fedbpt.projection import Projection
 from fedbpt.tasks import builtin_task
@@ -110,3 +110,17 @@ def test_real_model_scores_agree_across_backends():
     expected, actual = logits
     assert (expected.argmax(-1) == actual.argmax(-1)).mean() >= 15 / 16
     assert np.abs(expected - actual).mean() < 0.25  # 0.12 on 200 examples: llama.cpp quantizes activations to 8 bits
+
+
+def test_prepare_quantizes_a_packaged_model_into_the_cache_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDBPT_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="quant must be one of"):
+        prepare("smollm2-135m", "q5_0")
+    with pytest.raises(ModelNotFound, match="fedbpt models prepare smollm2-135m --quant q4_0"):
+        gguf_file("smollm2-135m:q4_0")
+    path = prepare("smollm2-135m", "q4_0")
+    assert gguf_file("smollm2-135m:q4_0") == path and prepare("smollm2-135m", "q4_0") == path
+    assert list(path.parent.iterdir()) == [path]  # published by one rename, no partial files left
+    listed = {entry.name: entry for entry in available_models()}
+    assert listed["smollm2-135m:q4_0"].size == path.stat().st_size
+    assert "llama_model_quantize" in listed["smollm2-135m:q4_0"].origin
