@@ -124,6 +124,7 @@ def job_create(
     admin_token: str = ADMIN_TOKEN,
     task: str = typer.Option("sst2", help="built-in task name or a task file (.toml/.json) whose content is sent"),
     model: str = typer.Option(DEFAULT_MODEL, help="the model every party runs (loaded here to pin the projection)"),
+    engine: str = typer.Option("transformers", help="transformers, or llama.cpp to load the model here without torch"),
     rounds: int = typer.Option(10, help="federated rounds"),
     parties: int = typer.Option(3, help="party tokens to issue now (named party-0, party-1, ...)"),
     parties_per_round: int = typer.Option(0, help="a round closes once this many updates are in (0 = all parties)"),
@@ -153,7 +154,7 @@ def job_create(
         load_task_file(Path(task))  # fails early with a clear message
         text = Path(task).read_text()
         task_spec = json.loads(text) if task.endswith(".json") else tomllib.loads(text)
-    backend = load_backend(model)
+    backend = load_backend(model, engine=engine)
     per_round = parties_per_round or parties
     spec = make_spec(
         backend,
