@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from clients.party import PARTY_ERRORS, DataChoice, join_and_run, log
+from fedbpt.backends.llama import LlamaError
 from fedbpt.models import QUANTS, load_llama_backend, prepare
 
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             lambda spec: edge_backend(spec, args.model, args.quant, args.threads),
             choice,
         )
-    except PARTY_ERRORS as error:
+    except (*PARTY_ERRORS, LlamaError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
