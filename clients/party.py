@@ -7,20 +7,25 @@ the search and the seeds are the core's (``fedbpt.search``), exactly as in the s
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from clients.api import Api, ApiError
+from clients.api import Api, ApiError, ServerUnavailable, enroll
 from fedbpt.aggregate import GlobalState
+from fedbpt.backends import Backend
 from fedbpt.data import Example, federated_split
-from fedbpt.job import search_config, spec_task
+from fedbpt.job import JobMismatch, prompted_model, search_config, spec_task
+from fedbpt.models import ModelNotFound
 from fedbpt.objective import Objective, PromptedModel, perturb
 from fedbpt.protocol import decode_vector
 from fedbpt.search import local_search, party_seed
 
 LONG_POLL_S = 25.0
+# What a party reports as a one-line error instead of a traceback.
+PARTY_ERRORS = (ApiError, ServerUnavailable, JobMismatch, ModelNotFound, ValueError)
 
 
 @dataclass(frozen=True)
@@ -100,3 +105,25 @@ def run_party(api: Api, spec: dict, me: dict, model: PromptedModel, choice: Data
                     raise
                 log(f"{name}: round {round_number} closed without this update ({error})")
         handled = round_number
+
+
+def join_and_run(
+    server: str,
+    token: str | None,
+    secret: str | None,
+    ca_bundle: str | None,
+    load_backend: Callable[[dict], Backend],
+    choice: DataChoice,
+) -> tuple[str, dict]:
+    """Join a job (with a token, or by redeeming an enrollment secret), load this party's backend for the
+    job's spec, check it against the job and take part until the end; returns (job id, last round info)."""
+    if secret:
+        token = enroll(server, secret, ca_bundle)["token"]
+        log(f"enrolled; keep this token to rejoin: {token}")
+    if not token:
+        raise ValueError("pass --token (or FEDBPT_TOKEN) or --enroll")
+    api = Api(server, token, ca_bundle)
+    me = api.me()
+    spec = api.spec(me["job"])
+    model = prompted_model(spec, load_backend(spec), choice.data_dir)
+    return me["job"], run_party(api, spec, me, model, choice)

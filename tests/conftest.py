@@ -41,7 +41,7 @@ def tiny_backend(dtype: torch.dtype = torch.float32, seed: int = 0, **options) -
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(dtype)
-    return TransformersBackend(model, tokenizer, "tiny-llama", **options)
+    return TransformersBackend(model, tokenizer, **options)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from fedbpt.backends import EncodedExample, Placement
+from fedbpt.backends import EncodedExample, Part, Placement, layout, model_identity
 
 # Batch limits measured with SmolLM2 on 2 cores (docs/results.md): rows of 512 packed tokens, 2,048 tokens
 # per forward; bigger forwards were slower, being memory-bound.
@@ -29,14 +29,12 @@ class TransformersBackend:
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
-        identity: str,
         tokens_per_forward: int = TOKENS_PER_FORWARD,
         sequences_per_forward: int = SEQUENCES_PER_FORWARD,
         tokens_per_row: int = TOKENS_PER_ROW,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.identity = identity
         self.tokens_per_forward = tokens_per_forward
         self.sequences_per_forward = sequences_per_forward
         self.tokens_per_row = tokens_per_row
@@ -44,6 +42,8 @@ class TransformersBackend:
         self.hidden_size = int(config.hidden_size)
         self.vocab_size = int(config.vocab_size)
         self.softcap = getattr(config, "final_logit_softcapping", None)
+        family = config.model_type.removesuffix("_text")  # gemma3_text in transformers is gemma3 in GGUF
+        self.identity = model_identity(family, self.hidden_size, tokenizer.convert_ids_to_tokens(range(len(tokenizer))))
         leading = tokenizer("", add_special_tokens=True)["input_ids"][:1]
         self.bos_ids = tuple(leading) if leading == [tokenizer.bos_token_id] else ()
         self.dtype = model.dtype
@@ -75,23 +75,10 @@ class TransformersBackend:
             prompt_tensors = [torch.zeros(0, self.hidden_size, dtype=self.dtype)]
         else:
             prompt_tensors = list(torch.from_numpy(np.ascontiguousarray(prompts, dtype=np.float32)).to(self.dtype))
-        bos = self._embed_ids(self.bos_ids)
-        if placement == "before":
-            # The template's opening words are the same in every example: they join the shared head.
-            opening = _common_prefix([example.ids for example in examples])
-            heads = [torch.cat([bos, prompt, self._embed_ids(opening)]) for prompt in prompt_tensors]
-            tails = [self._embed_ids(example.ids[len(opening) :]) for example in examples]
-            pairs = [(p, e) for p in range(len(heads)) for e in range(len(tails))]
-        elif placement == "after":
-            heads = [torch.cat([bos, self._embed_ids(example.ids[: example.split])]) for example in examples]
-            tails = [
-                torch.cat([prompt, self._embed_ids(example.ids[example.split :])])
-                for prompt in prompt_tensors
-                for example in examples
-            ]
-            pairs = [(e, p * len(examples) + e) for p in range(len(prompt_tensors)) for e in range(len(examples))]
-        else:
-            raise ValueError(f"placement must be 'before' or 'after', got {placement!r}")
+        plan = layout(len(prompt_tensors), examples, self.bos_ids, placement)
+        heads = [self._embed_parts(parts, prompt_tensors) for parts in plan.heads]
+        tails = [self._embed_parts(parts, prompt_tensors) for parts in plan.tails]
+        pairs = plan.pairs
         hidden = (
             self._last_hidden_shared(heads, tails, pairs) if shared else self._last_hidden_naive(heads, tails, pairs)
         )
@@ -101,8 +88,9 @@ class TransformersBackend:
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return logits.reshape(len(prompt_tensors), len(examples), len(label_ids)).numpy()
 
-    def _embed_ids(self, ids) -> torch.Tensor:
-        return self._embed(torch.tensor(list(ids), dtype=torch.long))
+    def _embed_parts(self, parts: list[Part], prompts: list[torch.Tensor]) -> torch.Tensor:
+        embedded = [prompts[p] if isinstance(p, int) else self._embed(torch.tensor(p, dtype=torch.long)) for p in parts]
+        return torch.cat(embedded)
 
     def _chunks(self, lengths: list[int]) -> list[list[int]]:
         """Indices sorted by length, grouped so each forward stays under the token and sequence budgets."""
@@ -234,12 +222,3 @@ class TransformersBackend:
             out = self.model.base_model(inputs_embeds=batch, attention_mask=mask, use_cache=False)
             hidden[chunk] = out.last_hidden_state[torch.arange(len(chunk)), lengths - 1]
         return hidden
-
-
-def _common_prefix(sequences: list[tuple[int, ...]]) -> tuple[int, ...]:
-    """The tokens every sequence starts with, leaving at least one token in each."""
-    shortest = min((len(ids) for ids in sequences), default=1) - 1
-    length = 0
-    while length < shortest and all(ids[length] == sequences[0][length] for ids in sequences):
-        length += 1
-    return tuple(sequences[0][:length]) if length else ()

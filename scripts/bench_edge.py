@@ -1,0 +1,112 @@
+"""Memory on a Pi-class budget: one party's round pinned to one core under a hard memory cap.
+
+Each kind of client runs one round in its own child process, pinned to one CPU (``sched_setaffinity``)
+and capped with ``RLIMIT_AS`` (address space, the limit Linux enforces): the edge client (llama.cpp on a
+re-quantized GGUF file, no torch), the transformers client (bf16) and a backprop client (FedPrompt-style
+prompt tuning by gradient descent through the frozen model, ``fedbpt.baselines.prompt_tuning``; one epoch
+of batches of 8) on the same model, SmolLM2-135M. A round is
+what a party does between downloading the global state and submitting: load the model, build the job's
+projection on the device, encode its examples, and run its local optimisation. A client that cannot run
+under the cap is run again without it, to measure what it needs. Prints peak RSS and seconds per round
+for each, and as the last line ``edge_rss_mb=<x> fedprompt_rss_mb=<y> ratio=<y/x>``.
+
+    .venv/bin/python scripts/bench_edge.py [--cap-mb 1024] [--quant q4_0] [--iterations 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("edge", "transformers", "fedprompt")
+
+
+def child(kind: str, cap_mb: int, args: argparse.Namespace) -> dict:
+    """Runs in the child process: pin, cap, then one round of this kind of client."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    if cap_mb:
+        resource.setrlimit(resource.RLIMIT_AS, (cap_mb * 2**20, cap_mb * 2**20))
+    import numpy as np
+
+    from clients.party import DataChoice, party_examples
+    from fedbpt.aggregate import GlobalState
+    from fedbpt.job import make_spec, prompted_model, search_config
+    from fedbpt.models import load_backend, prepare
+    from fedbpt.objective import Objective, perturb
+    from fedbpt.search import SearchConfig, local_search, party_seed
+
+    start = time.perf_counter()
+    search = SearchConfig(population=5, iterations=args.iterations)
+    if kind == "edge":
+        prepare("smollm2-135m", args.quant)
+        backend = load_backend(f"smollm2-135m:{args.quant}", threads=1, engine="llama.cpp")
+    else:
+        backend = load_backend("smollm2-135m", dtype="bfloat16", threads=1)
+    spec = make_spec(backend, "smollm2-135m", "sst2", search=search, projection_alpha=0.5)
+    choice = DataChoice(shard=0, shards=10, examples_per_party=args.examples, eval_examples=0)
+    train, _ = party_examples(spec, choice)
+    labels = np.array([example.label for example in train])
+    loaded = time.perf_counter()
+    model = prompted_model(spec, backend)
+    examples = model.encode(train)
+    if kind == "fedprompt":
+        from fedbpt.baselines.prompt_tuning import LocalTraining, fedprompt_round, initial_soft_prompt
+
+        fedprompt_round(model, initial_soft_prompt(model), examples, labels, LocalTraining(epochs=1), seed=0)
+    else:
+        config = search_config(spec)
+        seed = party_seed(spec["seed"], 0, 1)
+        perturbed = perturb(examples, config.perturb_rate, backend.vocab_size, seed)
+        objective = Objective(model, examples, labels, config.loss, perturbed)
+        local_search(GlobalState.initial(model.projection.dim, 1.0), objective, config, seed, "bench", len(train))
+    done = time.perf_counter()
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rss_mb": rss_mb, "round_s": done - start, "search_s": done - loaded}
+
+
+def run(kind: str, cap_mb: int, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--child", kind, "--cap-mb", str(cap_mb), "--quant", args.quant]
+    command += ["--iterations", str(args.iterations), "--examples", str(args.examples)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"failed": (result.stderr.strip().splitlines() or ["no output"])[-1][:160]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", choices=KINDS)
+    parser.add_argument("--cap-mb", type=int, default=1024)
+    parser.add_argument("--quant", default="q4_0", choices=("f16", "q8_0", "q4_0"))
+    parser.add_argument("--iterations", type=int, default=4, help="CMA-ES iterations per round (FedPrompt: 1 epoch)")
+    parser.add_argument("--examples", type=int, default=16)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.cap_mb, args)))
+        return
+    results = {}
+    print(f"{'client':14s} {'under cap':>9s} {'peak RSS MB':>11s} {'s/round':>8s} {'s/search':>8s}")
+    for kind in KINDS:
+        result, capped = run(kind, args.cap_mb, args), "yes"
+        if "failed" in result:
+            print(f"{kind:14s} fails under the {args.cap_mb} MB cap: {result['failed']}")
+            result, capped = run(kind, 0, args), "no"
+        results[kind] = result
+        if "failed" in result:
+            print(f"{kind:14s} failed: {result['failed']}")
+            continue
+        print(f"{kind:14s} {capped:>9s} {result['rss_mb']:11.0f} {result['round_s']:8.1f} {result['search_s']:8.1f}")
+    print(f"one core each; cap {args.cap_mb} MB (RLIMIT_AS); load average {os.getloadavg()[0]:.2f}")
+    edge, fedprompt = results["edge"].get("rss_mb", float("nan")), results["fedprompt"].get("rss_mb", float("nan"))
+    print(f"edge_rss_mb={edge:.0f} fedprompt_rss_mb={fedprompt:.0f} ratio={fedprompt / edge:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Parity of the llama.cpp backend with the transformers backend on the same weights.
+
+One prompt z (a random draw at the search's scale, sigma 1) is scored on SST-2 dev sentences by
+SmolLM2-135M in transformers (fp32, the packaged Q4_1 weights dequantized) and by llama.cpp on the
+packaged Q4_1 file and on f16, Q8_0 and Q4_0 files re-quantized from it (``fedbpt models prepare``).
+Each backend builds its starting prompt p0 from its own embeddings, as a party does; the projection and
+its scale are the job's. Prints prediction agreement, mean and max |logit difference| and accuracy.
+
+    .venv/bin/python scripts/parity_edge.py [--examples 200] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from fedbpt.job import make_spec, prompted_model
+from fedbpt.models import load_backend, prepare
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--examples", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", default="q4_1,f16,q8_0,q4_0")
+    args = parser.parse_args()
+    reference = load_backend("smollm2-135m", dtype="float32", threads=args.threads)
+    spec = make_spec(reference, "smollm2-135m", "sst2", projection_alpha=0.5)
+    z = np.random.default_rng(0).normal(size=spec["projection"]["dim"])
+    model = prompted_model(spec, reference)
+    rows = model.task.load_eval()[: args.examples]
+    labels = np.array([row.label for row in rows])
+    encoded = model.encode(rows)
+    start = time.perf_counter()
+    expected = model.logits(z, encoded)[0]
+    seconds = time.perf_counter() - start
+    print(f"transformers fp32: accuracy {(expected.argmax(-1) == labels).mean():.3f} ({seconds:.1f} s)")
+    print(
+        f"{'llama.cpp file':16s} {'agreement':>9s} {'mean|diff|':>10s} {'max|diff|':>9s} {'accuracy':>8s} {'MiB':>6s}"
+    )
+    for variant in args.variants.split(","):
+        name = "smollm2-135m" if variant == "q4_1" else f"smollm2-135m:{variant}"
+        if variant != "q4_1":
+            prepare("smollm2-135m", variant)
+        backend = load_backend(name, threads=args.threads, engine="llama.cpp")
+        edge = prompted_model(spec, backend)
+        start = time.perf_counter()
+        logits = edge.logits(z, edge.encode(rows))[0]
+        seconds = time.perf_counter() - start
+        difference = np.abs(logits - expected)
+        agreement = (logits.argmax(-1) == expected.argmax(-1)).mean()
+        accuracy = (logits.argmax(-1) == labels).mean()
+        size = os.path.getsize(backend.path) / 2**20
+        figures = f"{agreement:9.3f} {difference.mean():10.4f} {difference.max():9.4f} {accuracy:8.3f} {size:6.1f}"
+        print(f"{variant:16s} {figures} {seconds:5.1f}")
+    print(f"examples={len(rows)} load_average={os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
