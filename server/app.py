@@ -62,6 +62,32 @@ class BodyLimit:
         await errors.error_response(413, "body_too_large", message)(scope, receive, send)
 
 
+class Timed:
+    """Observes every request's latency in the Prometheus histogram, by method, route template and status.
+
+    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` would wrap each request in extra tasks
+    and streams, which cost about a quarter of a small request's server time."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def send_and_note_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_and_note_status)
+        route = getattr(scope.get("route"), "path", "unmatched")  # the router records the matched route here
+        latency = scope["app"].state.metrics.latency.labels(scope["method"], route, str(status))
+        latency.observe(time.perf_counter() - started)
+
+
 async def _close_overdue_rounds(app: FastAPI) -> None:
     while True:
         try:
@@ -99,17 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, rounds, results, ops):
         app.include_router(module.router)
 
-    @app.middleware("http")
-    async def timed(request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        app.state.metrics.latency.labels(
-            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
-        ).observe(time.perf_counter() - started)
-        return response
-
-    app.add_middleware(BodyLimit)
+    app.add_middleware(Timed)
+    app.add_middleware(BodyLimit)  # added last, so it runs first: refused bodies are not timed
     return app
 
 

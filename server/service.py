@@ -4,6 +4,11 @@ Every method that changes state does it in one store transaction, so a request e
 completely or not at all, and nothing is answered before it is committed. Round closing is
 deterministic: the updates of a round are aggregated in party order (and ``aggregate`` itself ranks
 them by fitness), so a run resumed after a crash ends with the same prompt.
+
+Two in-memory caches answer the busiest reads without the store (and its lock): parties by token
+hash, and each job's current round (``RoundView``). They assume one server process, the only writer of
+the store. They are built from the store when the coordinator starts and change only after a commit,
+through ``Store.after_commit``, so they always equal the committed state.
 """
 
 from __future__ import annotations
@@ -31,6 +36,29 @@ def digest(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+class RoundView:
+    """A job's current round as its parties fetch it (GET .../round): the answer is encoded once per job
+    state, with and without ``submitted``, so the long-polls that one closed round wakes share it."""
+
+    def __init__(self, job: dict, submitted: set[str]):
+        state, spec = job["state"], job["spec"]
+        self.round, self.status = state["round"], job["status"]
+        self.submitted = submitted  # the parties whose update for this round is in (grows as they arrive)
+        answer = {
+            "job": job["id"],
+            "status": self.status,
+            "round": self.round,
+            "mean": state["mean"],
+            "sigma": state["sigma"],
+            "deadline": job["round_opened"] + spec["round_deadline_s"] if self.status == "running" else None,
+        }
+        self._encoded = {flag: json.dumps({**answer, "submitted": flag}).encode() for flag in (False, True)}
+
+    def answer(self, party: str) -> bytes:
+        """The RoundInfo JSON for ``party``."""
+        return self._encoded[party in self.submitted]
+
+
 def _weighted_accuracy(rows: list[dict]) -> float | None:
     total = sum(row["n_examples"] for row in rows)
     return sum(row["accuracy"] * row["n_examples"] for row in rows) / total if total else None
@@ -39,6 +67,30 @@ def _weighted_accuracy(rows: list[dict]) -> float | None:
 class Coordinator:
     def __init__(self, store: Store, metrics: Metrics, notify: Callable[[str], None], clock=time.time):
         self.store, self.metrics, self.notify, self.clock = store, metrics, notify, clock
+        self._party_by_token = {party["token_hash"]: party for party in store.parties_with_tokens()}
+        self._rounds = {job["id"]: self._read_round(job["id"]) for job in store.jobs()}
+
+    def _read_round(self, job_id: str) -> RoundView:
+        job = self.store.job(job_id)
+        return RoundView(job, set(self.store.submitters(job_id, job["state"]["round"])))
+
+    def _refresh_round(self, job_id: str) -> None:
+        """Inside a transaction that changed the job: its round view follows once that commits."""
+        view = self._read_round(job_id)
+
+        def publish() -> None:
+            self._rounds[job_id] = view
+
+        self.store.after_commit(publish)
+
+    def _remember_party(self, job_id: str, name: str) -> None:
+        """Inside a transaction that gave the party a token: the token authenticates once that commits."""
+        party = self.store.party(job_id, name)
+
+        def publish() -> None:
+            self._party_by_token[party["token_hash"]] = party
+
+        self.store.after_commit(publish)
 
     # jobs
     def job(self, job_id: str) -> dict:
@@ -64,6 +116,7 @@ class Coordinator:
         state = GlobalState.initial(spec["projection"]["dim"], spec["sigma0"])
         with self.store.transaction():
             self.store.add_job(job_id, spec, state.to_dict(), self.clock())
+            self._refresh_round(job_id)
         return self.view(self.job(job_id))
 
     def cancel(self, job_id: str) -> dict:
@@ -72,6 +125,7 @@ class Coordinator:
             if job["status"] != "running":
                 raise ApiError(409, "job_not_running", f"job {job_id} is already {job['status']}")
             self.store.set_job(job_id, "cancelled", job["state"], self.clock())
+            self._refresh_round(job_id)
         self.notify(job_id)
         return self.view(self.job(job_id))
 
@@ -81,6 +135,8 @@ class Coordinator:
         if self.store.party(job_id, name) is not None:
             raise ApiError(409, "party_exists", f"job {job_id} already has a party named {name!r}; pick another name")
         self.store.add_party(job_id, name, token and token_hash(token), self.clock())
+        if token:
+            self._remember_party(job_id, name)
 
     def add_party(self, job_id: str, name: str) -> dict:
         token = "fbp_" + secrets.token_urlsafe(32)
@@ -105,25 +161,18 @@ class Coordinator:
                 raise ApiError(409, "secret_used", "this enrollment secret was already redeemed; ask for a new one")
             self.store.redeem(enrollment["secret_hash"], self.clock())
             self.store.set_party_token(enrollment["job_id"], enrollment["name"], token_hash(token))
+            self._remember_party(enrollment["job_id"], enrollment["name"])
         return {"job": enrollment["job_id"], "party": enrollment["name"], "token": token}
 
     def party_for_token(self, token: str) -> dict | None:
-        return self.store.party_by_token(token_hash(token))
+        return self._party_by_token.get(token_hash(token))
 
     # rounds
-    def round_info(self, job_id: str, party: str) -> dict:
-        job = self.job(job_id)
-        state, spec = job["state"], job["spec"]
-        running = job["status"] == "running"
-        return {
-            "job": job_id,
-            "status": job["status"],
-            "round": state["round"],
-            "mean": state["mean"],
-            "sigma": state["sigma"],
-            "deadline": job["round_opened"] + spec["round_deadline_s"] if running else None,
-            "submitted": self.store.update(job_id, state["round"], party) is not None,
-        }
+    def round_view(self, job_id: str) -> RoundView:
+        view = self._rounds.get(job_id)
+        if view is None:
+            raise ApiError(404, "unknown_job", f"no job {job_id!r}; list jobs with GET /v1/jobs")
+        return view
 
     def submit(self, job_id: str, party: str, round_number: int, body: dict) -> dict:
         fingerprint = digest(body)
@@ -166,6 +215,8 @@ class Coordinator:
                 self._reject("invalid")
                 raise ApiError(422, "invalid_update", str(error)) from None
             self.store.add_update(job_id, round_number, party, body, fingerprint, self.clock())
+            submitted = self._rounds[job_id].submitted
+            self.store.after_commit(lambda: submitted.add(party))
             self.metrics.updates.labels("accepted").inc()
             if self.store.count_updates(job_id, round_number) >= spec["parties_per_round"]:
                 self._close(job, state, "parties_per_round")
@@ -198,6 +249,7 @@ class Coordinator:
         self.store.add_round(job["id"], state.round, reason, record, now)
         status = "finished" if new.round >= spec["rounds"] else "running"
         self.store.set_job(job["id"], status, new.to_dict(), now)
+        self._refresh_round(job["id"])
         self.metrics.rounds.labels(reason).inc()
 
     def close_overdue(self) -> list[str]:

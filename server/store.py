@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 SCHEMA = """
@@ -45,6 +45,7 @@ class Store:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self._after_commit: list[Callable[[], None]] = []
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
@@ -55,8 +56,13 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic unit of work; the lock also serializes round closing."""
+        """One atomic unit of work; the lock also serializes round closing.
+
+        The in-memory changes given to ``after_commit`` during it run once it has committed, still under the
+        lock: the caller's caches then change in commit order and never show uncommitted state. A rollback,
+        or a failed commit, drops them."""
         with self._lock:
+            self._after_commit = []
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
@@ -64,6 +70,12 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            for change in self._after_commit:
+                change()
+
+    def after_commit(self, change: Callable[[], None]) -> None:
+        """Run ``change`` when the open transaction commits (see ``transaction``)."""
+        self._after_commit.append(change)
 
     def _all(self, sql: str, *args) -> list[dict]:
         with self._lock:
@@ -114,8 +126,8 @@ class Store:
     def party(self, job_id: str, name: str) -> dict | None:
         return self._one("SELECT * FROM parties WHERE job_id = ? AND name = ?", job_id, name)
 
-    def party_by_token(self, token_hash: str) -> dict | None:
-        return self._one("SELECT * FROM parties WHERE token_hash = ?", token_hash)
+    def parties_with_tokens(self) -> list[dict]:
+        return self._all("SELECT * FROM parties WHERE token_hash IS NOT NULL")
 
     def set_party_token(self, job_id: str, name: str, token_hash: str) -> None:
         self._run("UPDATE parties SET token_hash = ? WHERE job_id = ? AND name = ?", token_hash, job_id, name)
@@ -148,6 +160,10 @@ class Store:
             "SELECT party, body FROM updates WHERE job_id = ? AND round = ? ORDER BY party", job_id, round_number
         )
         return [{**json.loads(row["body"]), "party": row["party"]} for row in rows]
+
+    def submitters(self, job_id: str, round_number: int) -> list[str]:
+        rows = self._all("SELECT party FROM updates WHERE job_id = ? AND round = ?", job_id, round_number)
+        return [row["party"] for row in rows]
 
     def count_updates(self, job_id: str, round_number: int) -> int:
         return self._one("SELECT COUNT(*) AS n FROM updates WHERE job_id = ? AND round = ?", job_id, round_number)["n"]

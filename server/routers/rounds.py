@@ -6,7 +6,6 @@ import asyncio
 import time
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from server.auth import coordinator, current_party, job_party
 from server.errors import ApiError
@@ -26,7 +25,7 @@ def spec(job_id: str, service: Coordinator = Depends(coordinator)) -> JobSpec:
     return service.job(job_id)["spec"]
 
 
-@router.get("/jobs/{job_id}/round")
+@router.get("/jobs/{job_id}/round", response_model=RoundInfo)
 async def current_round(
     job_id: str,
     request: Request,
@@ -34,16 +33,16 @@ async def current_round(
     wait: float = Query(0.0, ge=0, description="seconds to hold the request waiting for a newer round"),
     party: dict = Depends(job_party),
     service: Coordinator = Depends(coordinator),
-) -> RoundInfo:
+) -> Response:
     """The open round; with ``after`` and ``wait``, a long-poll that answers as soon as the round passes ``after``."""
     events = request.app.state.events
     give_up = time.monotonic() + min(wait, request.app.state.settings.max_wait_s)
     while True:
         changed = events.event(job_id)
-        info = await run_in_threadpool(service.round_info, job_id, party["name"])
+        view = service.round_view(job_id)
         remaining = give_up - time.monotonic()
-        if info["round"] > after or info["status"] != "running" or remaining <= 0:
-            return info
+        if view.round > after or view.status != "running" or remaining <= 0:
+            return Response(view.answer(party["name"]), media_type="application/json")
         try:
             await asyncio.wait_for(changed.wait(), remaining)
         except TimeoutError:
