@@ -1,17 +1,19 @@
 """Durable state in SQLite: jobs, parties, updates, closed rounds and evaluations.
 
-Every write happens inside ``transaction()`` and is committed (synchronous=FULL) before the request
-that caused it is answered, so a SIGKILL never loses an accepted update. The SQL is plain and the
+Every write happens inside ``write()`` and is committed (synchronous=FULL) before the request that
+caused it is answered, so a SIGKILL never loses an accepted update. The SQL is plain and the
 service layer only calls the methods below, so another SQL database can replace this class.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -39,43 +41,87 @@ CREATE TABLE IF NOT EXISTS evaluations (
 );
 """
 
+T = TypeVar("T")
+
+
+MAX_BATCH = 256  # units of work committed together at most (see Store.write)
+
 
 class Store:
     def __init__(self, path: str):
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        self._after_commit: list[Callable[[], None]] = []
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._units: queue.SimpleQueue[tuple[Callable[[], Any], Future] | None] = queue.SimpleQueue()
+        self._changes: list[Callable[[], None]] = []
+        self._writer = threading.Thread(target=self._write_batches, name="store-writer", daemon=True)
+        self._writer.start()
 
     def close(self) -> None:
+        self._units.put(None)
+        self._writer.join()
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One atomic unit of work; the lock also serializes round closing.
+    def write(self, unit: Callable[[], T]) -> T:
+        """Run ``unit`` (reads and writes through this store) as one atomic unit of work and return its result
+        once it is committed, or raise its exception with nothing of it kept.
 
-        The in-memory changes given to ``after_commit`` during it run once it has committed, still under the
-        lock: the caller's caches then change in commit order and never show uncommitted state. A rollback,
-        or a failed commit, drops them."""
-        with self._lock:
-            self._after_commit = []
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            for change in self._after_commit:
-                change()
+        Group commit: a committing fsync costs 0.3 to 10 ms on a shared disk, so one writer thread runs the
+        units, and those that queue up while a batch commits share the next commit, each in its own savepoint
+        (a failing unit rolls back alone). Units run one at a time, which also serializes round closing. The
+        lock is held from BEGIN to COMMIT, so no reader sees uncommitted state."""
+        future: Future = Future()
+        self._units.put((unit, future))
+        return future.result()
 
     def after_commit(self, change: Callable[[], None]) -> None:
-        """Run ``change`` when the open transaction commits (see ``transaction``)."""
-        self._after_commit.append(change)
+        """Inside a unit of work: run ``change`` (an in-memory cache update) once the unit is committed, still
+        under the lock and in commit order, so caches never show uncommitted state; a rollback drops it."""
+        self._changes.append(change)
+
+    def _write_batches(self) -> None:
+        """The writer thread: commits batches of queued units until ``close`` queues None."""
+        running = True
+        while running:
+            batch = [self._units.get()]
+            while len(batch) < MAX_BATCH and not self._units.empty():
+                batch.append(self._units.get())
+            running = None not in batch
+            self._commit([unit for unit in batch if unit is not None])
+
+    def _commit(self, batch: list[tuple[Callable[[], Any], Future]]) -> None:
+        outcomes: list[tuple[Future, Any, BaseException | None]] = []
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                changes = []
+                for unit, future in batch:
+                    self._changes = []
+                    self._db.execute("SAVEPOINT unit")
+                    try:
+                        outcomes.append((future, unit(), None))
+                        changes += self._changes
+                    except Exception as error:
+                        self._db.execute("ROLLBACK TO unit")
+                        outcomes.append((future, None, error))
+                    self._db.execute("RELEASE unit")
+                self._db.execute("COMMIT")
+            except Exception as error:  # the database failed: nothing of this batch is kept
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                outcomes = [(future, None, error) for _, future in batch]
+            else:
+                for change in changes:
+                    change()
+        for future, result, error in outcomes:
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
     def _all(self, sql: str, *args) -> list[dict]:
         with self._lock:
