@@ -195,8 +195,9 @@ class Coordinator:
             raise ApiError(404, "unknown_job", f"no job {job_id!r}; list jobs with GET /v1/jobs")
         return view
 
-    def submit(self, job_id: str, party: str, round_number: int, body: dict) -> dict:
-        accepted = self.store.write(lambda: self._submit(job_id, party, round_number, body))
+    async def submit(self, job_id: str, party: str, round_number: int, body: dict) -> dict:
+        """Store a party's update (the route awaits it on the event loop: parties are many, threads few)."""
+        accepted = await self.store.write_async(lambda: self._submit(job_id, party, round_number, body))
         if accepted["round_closed"]:
             self.notify(job_id)
         return accepted
@@ -293,9 +294,9 @@ class Coordinator:
         return due
 
     # results
-    def report(self, job_id: str, party: str, round_number: int, report: dict) -> bool:
+    async def report(self, job_id: str, party: str, round_number: int, report: dict) -> bool:
         """Store a party's evaluation of the global prompt after ``round_number`` rounds; True if new."""
-        return self.store.write(lambda: self._report(job_id, party, round_number, report))
+        return await self.store.write_async(lambda: self._report(job_id, party, round_number, report))
 
     def _report(self, job_id: str, party: str, round_number: int, report: dict) -> bool:
         job = self.job(job_id)

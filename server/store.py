@@ -7,6 +7,7 @@ service layer only calls the methods below, so another SQL database can replace 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import sqlite3
@@ -74,9 +75,16 @@ class Store:
         units, and those that queue up while a batch commits share the next commit, each in its own savepoint
         (a failing unit rolls back alone). Units run one at a time, which also serializes round closing. The
         lock is held from BEGIN to COMMIT, so no reader sees uncommitted state."""
+        return self._queue(unit).result()
+
+    async def write_async(self, unit: Callable[[], T]) -> T:
+        """``write`` for the event loop: waits for the commit without holding a thread."""
+        return await asyncio.wrap_future(self._queue(unit))
+
+    def _queue(self, unit: Callable[[], T]) -> Future:
         future: Future = Future()
         self._units.put((unit, future))
-        return future.result()
+        return future
 
     def after_commit(self, change: Callable[[], None]) -> None:
         """Inside a unit of work: run ``change`` (an in-memory cache update) once the unit is committed, still

@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1", tags=["rounds"])
 
 
 @router.get("/me")
-def me(party: dict = Depends(current_party)) -> Me:
+async def me(party: dict = Depends(current_party)) -> Me:
     return Me(job=party["job_id"], party=party["name"], index=party["idx"])
 
 
@@ -50,7 +50,7 @@ async def current_round(
 
 
 @router.post("/jobs/{job_id}/rounds/{round_number}/updates", status_code=201)
-def submit_update(
+async def submit_update(
     job_id: str,
     round_number: int,
     update: UpdateIn,
@@ -61,14 +61,14 @@ def submit_update(
     """Submit this party's update for the open round (201); resending the same update answers 200."""
     if update.round != round_number:
         raise ApiError(422, "round_mismatch", f"the body says round {update.round}, the path says {round_number}")
-    accepted = service.submit(job_id, party["name"], round_number, update.model_dump())
+    accepted = await service.submit(job_id, party["name"], round_number, update.model_dump())
     if accepted["duplicate"]:
         response.status_code = 200
     return accepted
 
 
 @router.post("/jobs/{job_id}/rounds/{round_number}/evaluations", status_code=201)
-def submit_evaluation(
+async def submit_evaluation(
     job_id: str,
     round_number: int,
     evaluation: EvaluationIn,
@@ -77,6 +77,6 @@ def submit_evaluation(
     service: Coordinator = Depends(coordinator),
 ) -> dict:
     """Report this party's accuracy of the global prompt after ``round_number`` rounds (0 = the initial one)."""
-    if not service.report(job_id, party["name"], round_number, evaluation.model_dump()):
+    if not await service.report(job_id, party["name"], round_number, evaluation.model_dump()):
         response.status_code = 200
     return {"job": job_id, "party": party["name"], "round": round_number}
