@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import importlib.util
 import os
 import random
@@ -247,11 +249,6 @@ class Party:
                 return info
 
 
-async def party(url: str, tls: ssl.SSLContext, recorder: Recorder, job_id: str, token: str, think: float, seed: int):
-    async with party_client(url, tls) as client:
-        await Party(client, recorder, job_id, token, think, seed).run()
-
-
 async def history(client: httpx.AsyncClient, job_id: str) -> dict:
     response = await client.get(f"/v1/jobs/{job_id}/history", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     response.raise_for_status()
@@ -302,17 +299,24 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
         started = time.perf_counter()
         job_id, tokens = await set_up(client, recorder, args)
         setup_s = time.perf_counter() - started
-        watcher = asyncio.create_task(recorder.watch_loop())
-        server_cpu, client_cpu, started, wall = (
-            cpu_seconds(server.pid),
-            time.process_time(),
-            time.perf_counter(),
-            time.time(),
-        )
-        await asyncio.gather(*(party(url, tls, recorder, job_id, t, args.think, i) for i, t in enumerate(tokens)))
-        seconds = time.perf_counter() - started
-        server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
-        watcher.cancel()
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(party_client(url, tls)) for _ in tokens]
+            parties = [Party(clients[i], recorder, job_id, token, args.think, i) for i, token in enumerate(tokens)]
+            # The parties' clients live until the end: take them out of the garbage collector's sight, or each
+            # full collection walks them all (pauses of up to 0.5 s here that a real party, holding one
+            # client, never has).
+            gc.freeze()
+            watcher = asyncio.create_task(recorder.watch_loop())
+            server_cpu, client_cpu, started, wall = (
+                cpu_seconds(server.pid),
+                time.process_time(),
+                time.perf_counter(),
+                time.time(),
+            )
+            await asyncio.gather(*(one.run() for one in parties))
+            seconds = time.perf_counter() - started
+            server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
+            watcher.cancel()
         closed = {record["round"] - 1: record["closed"] for record in (await history(client, job_id))["rounds"]}
         metrics = (await client.get("/metrics")).text
     return {
