@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.events.bind(asyncio.get_running_loop())
         app.state.coordinator = Coordinator(app.state.store, app.state.metrics, app.state.events.notify)
         task = asyncio.create_task(_close_overdue_rounds(app))
+        gc.freeze()  # what lives as long as the server (modules, the app) stays out of every full collection
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
