@@ -165,6 +165,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_wait_seconds(pid: int) -> float:
+    """How long the threads of a process were ready to run but waiting for a CPU (other processes had them)."""
+    return sum(int(stat.read_text().split()[1]) for stat in Path(f"/proc/{pid}/task").glob("*/schedstat")) / 1e9
+
+
 def job_spec(clients: int, rounds: int) -> dict:
     return {
         "name": "bench",
@@ -302,10 +307,11 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
         async with contextlib.AsyncExitStack() as stack:
             clients = [await stack.enter_async_context(party_client(url, tls)) for _ in tokens]
             parties = [Party(clients[i], recorder, job_id, token, args.think, i) for i, token in enumerate(tokens)]
-            # The parties' clients live until the end: take them out of the garbage collector's sight, or each
-            # full collection walks them all (pauses of up to 0.5 s here that a real party, holding one
-            # client, never has).
+            # The parties' clients live until the end: take them out of the garbage collector's sight, and let
+            # each request's objects die young, or full collections walk them all (pauses of up to 0.5 s in
+            # this process, which a real party, holding one client, never has). The server does the same.
             gc.freeze()
+            gc.set_threshold(20_000, 20, 20)
             watcher = asyncio.create_task(recorder.watch_loop())
             server_cpu, client_cpu, started, wall = (
                 cpu_seconds(server.pid),
@@ -313,9 +319,12 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
                 time.perf_counter(),
                 time.time(),
             )
+            server_wait, client_wait = cpu_wait_seconds(server.pid), cpu_wait_seconds(os.getpid())
             await asyncio.gather(*(one.run() for one in parties))
             seconds = time.perf_counter() - started
             server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
+            server_wait = cpu_wait_seconds(server.pid) - server_wait
+            client_wait = cpu_wait_seconds(os.getpid()) - client_wait
             watcher.cancel()
         closed = {record["round"] - 1: record["closed"] for record in (await history(client, job_id))["rounds"]}
         metrics = (await client.get("/metrics")).text
@@ -325,6 +334,8 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
         "seconds": seconds,
         "server_cpu": server_cpu,
         "client_cpu": client_cpu,
+        "server_wait": server_wait,
+        "client_wait": client_wait,
         "wakes": wake_delays(recorder, closed),
         "server_p99": server_p99_bounds(metrics),
         "rounds_closed": len(closed),
@@ -349,7 +360,8 @@ def report(args: argparse.Namespace, result: dict) -> None:
         f"rounds phase {seconds:.1f} s ({result['rounds_closed']} rounds closed after {result['rounds_s']:.1f} s); "
         f"CPU: server "
         f"{result['server_cpu']:.1f} s ({100 * result['server_cpu'] / seconds:.0f}% of a core), client "
-        f"{result['client_cpu']:.1f} s ({100 * result['client_cpu'] / seconds:.0f}%)"
+        f"{result['client_cpu']:.1f} s ({100 * result['client_cpu'] / seconds:.0f}%); waiting for a CPU: server "
+        f"{result['server_wait']:.1f} s, client {result['client_wait']:.1f} s"
     )
     immediate = [value for kind in IMMEDIATE for value in recorder.latencies[kind]]
     updates = len(recorder.latencies["submit"]) + len(recorder.latencies["close"])
