@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -43,9 +44,8 @@ CREATE TABLE IF NOT EXISTS evaluations (
 """
 
 T = TypeVar("T")
-
-
 MAX_BATCH = 256  # units of work committed together at most (see Store.write)
+logger = logging.getLogger("fedbpt.store")
 
 
 class Store:
@@ -99,37 +99,42 @@ class Store:
             while len(batch) < MAX_BATCH and not self._units.empty():
                 batch.append(self._units.get())
             running = None not in batch
-            self._commit([unit for unit in batch if unit is not None])
+            try:
+                self._commit([unit for unit in batch if unit is not None])
+            except Exception:  # a cache change failed after its commit; keep writing for everyone else
+                logger.exception("applying committed changes failed")
 
     def _commit(self, batch: list[tuple[Callable[[], Any], Future]]) -> None:
-        outcomes: list[tuple[Future, Any, BaseException | None]] = []
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                changes = []
-                for unit, future in batch:
-                    self._changes = []
-                    self._db.execute("SAVEPOINT unit")
-                    try:
-                        outcomes.append((future, unit(), None))
-                        changes += self._changes
-                    except Exception as error:
-                        self._db.execute("ROLLBACK TO unit")
-                        outcomes.append((future, None, error))
-                    self._db.execute("RELEASE unit")
-                self._db.execute("COMMIT")
-            except Exception as error:  # the database failed: nothing of this batch is kept
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                outcomes = [(future, None, error) for _, future in batch]
-            else:
-                for change in changes:
-                    change()
-        for future, result, error in outcomes:
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
+        outcomes: list[tuple[Future, Any, Exception | None]] = []
+        try:
+            with self._lock:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    changes = []
+                    for unit, future in batch:
+                        self._changes = []
+                        self._db.execute("SAVEPOINT unit")
+                        try:
+                            outcomes.append((future, unit(), None))
+                            changes += self._changes
+                        except Exception as error:
+                            self._db.execute("ROLLBACK TO unit")
+                            outcomes.append((future, None, error))
+                        self._db.execute("RELEASE unit")
+                    self._db.execute("COMMIT")
+                except Exception as error:  # the database failed: nothing of this batch is kept
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    outcomes = [(future, None, error) for _, future in batch]
+                else:
+                    for change in changes:
+                        change()
+        finally:  # every caller gets its answer, whatever happened
+            for future, result, error in outcomes:
+                if error is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(error)
 
     def _all(self, sql: str, *args) -> list[dict]:
         with self._lock:
