@@ -65,3 +65,14 @@ def test_after_commit_changes_run_in_the_order_the_units_ran(store):
         thread.join(5)
     assert sorted(seen) == list("abcdef")
     assert seen == [job["id"] for job in store.jobs()]
+
+
+def test_the_writer_answers_and_keeps_running_when_a_cache_change_fails(store):
+    def unit() -> str:
+        store.add_job("a", {}, {"round": 0}, 0.0)
+        store.after_commit(lambda: 1 / 0)
+        return "committed"
+
+    assert store.write(unit) == "committed"
+    store.write(lambda: store.add_job("b", {}, {"round": 0}, 1.0))
+    assert [job["id"] for job in store.jobs()] == ["a", "b"]
