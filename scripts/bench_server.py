@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import importlib.util
 import os
 import random
@@ -163,6 +165,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_wait_seconds(pid: int) -> float:
+    """How long the threads of a process were ready to run but waiting for a CPU (other processes had them)."""
+    return sum(int(stat.read_text().split()[1]) for stat in Path(f"/proc/{pid}/task").glob("*/schedstat")) / 1e9
+
+
 def job_spec(clients: int, rounds: int) -> dict:
     return {
         "name": "bench",
@@ -247,11 +254,6 @@ class Party:
                 return info
 
 
-async def party(url: str, tls: ssl.SSLContext, recorder: Recorder, job_id: str, token: str, think: float, seed: int):
-    async with party_client(url, tls) as client:
-        await Party(client, recorder, job_id, token, think, seed).run()
-
-
 async def history(client: httpx.AsyncClient, job_id: str) -> dict:
     response = await client.get(f"/v1/jobs/{job_id}/history", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     response.raise_for_status()
@@ -302,17 +304,28 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
         started = time.perf_counter()
         job_id, tokens = await set_up(client, recorder, args)
         setup_s = time.perf_counter() - started
-        watcher = asyncio.create_task(recorder.watch_loop())
-        server_cpu, client_cpu, started, wall = (
-            cpu_seconds(server.pid),
-            time.process_time(),
-            time.perf_counter(),
-            time.time(),
-        )
-        await asyncio.gather(*(party(url, tls, recorder, job_id, t, args.think, i) for i, t in enumerate(tokens)))
-        seconds = time.perf_counter() - started
-        server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
-        watcher.cancel()
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(party_client(url, tls)) for _ in tokens]
+            parties = [Party(clients[i], recorder, job_id, token, args.think, i) for i, token in enumerate(tokens)]
+            # The parties' clients live until the end: take them out of the garbage collector's sight, and let
+            # each request's objects die young, or full collections walk them all (pauses of up to 0.5 s in
+            # this process, which a real party, holding one client, never has). The server does the same.
+            gc.freeze()
+            gc.set_threshold(20_000, 20, 20)
+            watcher = asyncio.create_task(recorder.watch_loop())
+            server_cpu, client_cpu, started, wall = (
+                cpu_seconds(server.pid),
+                time.process_time(),
+                time.perf_counter(),
+                time.time(),
+            )
+            server_wait, client_wait = cpu_wait_seconds(server.pid), cpu_wait_seconds(os.getpid())
+            await asyncio.gather(*(one.run() for one in parties))
+            seconds = time.perf_counter() - started
+            server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
+            server_wait = cpu_wait_seconds(server.pid) - server_wait
+            client_wait = cpu_wait_seconds(os.getpid()) - client_wait
+            watcher.cancel()
         closed = {record["round"] - 1: record["closed"] for record in (await history(client, job_id))["rounds"]}
         metrics = (await client.get("/metrics")).text
     return {
@@ -321,6 +334,8 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
         "seconds": seconds,
         "server_cpu": server_cpu,
         "client_cpu": client_cpu,
+        "server_wait": server_wait,
+        "client_wait": client_wait,
         "wakes": wake_delays(recorder, closed),
         "server_p99": server_p99_bounds(metrics),
         "rounds_closed": len(closed),
@@ -345,7 +360,8 @@ def report(args: argparse.Namespace, result: dict) -> None:
         f"rounds phase {seconds:.1f} s ({result['rounds_closed']} rounds closed after {result['rounds_s']:.1f} s); "
         f"CPU: server "
         f"{result['server_cpu']:.1f} s ({100 * result['server_cpu'] / seconds:.0f}% of a core), client "
-        f"{result['client_cpu']:.1f} s ({100 * result['client_cpu'] / seconds:.0f}%)"
+        f"{result['client_cpu']:.1f} s ({100 * result['client_cpu'] / seconds:.0f}%); waiting for a CPU: server "
+        f"{result['server_wait']:.1f} s, client {result['client_wait']:.1f} s"
     )
     immediate = [value for kind in IMMEDIATE for value in recorder.latencies[kind]]
     updates = len(recorder.latencies["submit"]) + len(recorder.latencies["close"])

@@ -1,4 +1,7 @@
-"""Bearer-token dependencies: the admin scope and the party scope are separate."""
+"""Bearer-token dependencies: the admin scope and the party scope are separate.
+
+They are ``async def`` because none of them waits on anything (the token lookup is an in-memory map):
+FastAPI would run a plain ``def`` dependency in its threadpool, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -14,11 +17,11 @@ from server.settings import Settings
 bearer = HTTPBearer(auto_error=False)
 
 
-def settings(request: Request) -> Settings:
+async def settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def coordinator(request: Request) -> Coordinator:
+async def coordinator(request: Request) -> Coordinator:
     return request.app.state.coordinator
 
 
@@ -32,7 +35,7 @@ def _is_admin(token: str, config: Settings) -> bool:
     return hmac.compare_digest(token.encode(), config.admin_token.encode())
 
 
-def require_admin(
+async def require_admin(
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     config: Settings = Depends(settings),
     service: Coordinator = Depends(coordinator),
@@ -45,7 +48,7 @@ def require_admin(
     raise ApiError(401, "bad_token", "wrong administrator token")
 
 
-def current_party(
+async def current_party(
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     config: Settings = Depends(settings),
     service: Coordinator = Depends(coordinator),
@@ -59,14 +62,14 @@ def current_party(
     return party
 
 
-def job_party(job_id: str, party: dict = Depends(current_party)) -> dict:
+async def job_party(job_id: str, party: dict = Depends(current_party)) -> dict:
     """The calling party, which must belong to the job in the path."""
     if party["job_id"] != job_id:
         raise ApiError(403, "wrong_job", f"this token belongs to another job, not to {job_id}")
     return party
 
 
-def job_reader(
+async def job_reader(
     job_id: str,
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     config: Settings = Depends(settings),

@@ -1,17 +1,21 @@
 """Durable state in SQLite: jobs, parties, updates, closed rounds and evaluations.
 
-Every write happens inside ``transaction()`` and is committed (synchronous=FULL) before the request
-that caused it is answered, so a SIGKILL never loses an accepted update. The SQL is plain and the
+Every write happens inside ``write()`` and is committed (synchronous=FULL) before the request that
+caused it is answered, so a SIGKILL never loses an accepted update. The SQL is plain and the
 service layer only calls the methods below, so another SQL database can replace this class.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -39,6 +43,10 @@ CREATE TABLE IF NOT EXISTS evaluations (
 );
 """
 
+T = TypeVar("T")
+MAX_BATCH = 256  # units of work committed together at most (see Store.write)
+logger = logging.getLogger("fedbpt.store")
+
 
 class Store:
     def __init__(self, path: str):
@@ -48,22 +56,85 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._units: queue.SimpleQueue[tuple[Callable[[], Any], Future] | None] = queue.SimpleQueue()
+        self._changes: list[Callable[[], None]] = []
+        self._writer = threading.Thread(target=self._write_batches, name="store-writer", daemon=True)
+        self._writer.start()
 
     def close(self) -> None:
+        self._units.put(None)
+        self._writer.join()
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One atomic unit of work; the lock also serializes round closing."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+    def write(self, unit: Callable[[], T]) -> T:
+        """Run ``unit`` (reads and writes through this store) as one atomic unit of work and return its result
+        once it is committed, or raise its exception with nothing of it kept.
+
+        Group commit: a committing fsync costs 0.3 to 10 ms on a shared disk, so one writer thread runs the
+        units, and those that queue up while a batch commits share the next commit, each in its own savepoint
+        (a failing unit rolls back alone). Units run one at a time, which also serializes round closing. The
+        lock is held from BEGIN to COMMIT, so no reader sees uncommitted state."""
+        return self._queue(unit).result()
+
+    async def write_async(self, unit: Callable[[], T]) -> T:
+        """``write`` for the event loop: waits for the commit without holding a thread."""
+        return await asyncio.wrap_future(self._queue(unit))
+
+    def _queue(self, unit: Callable[[], T]) -> Future:
+        future: Future = Future()
+        self._units.put((unit, future))
+        return future
+
+    def after_commit(self, change: Callable[[], None]) -> None:
+        """Inside a unit of work: run ``change`` (an in-memory cache update) once the unit is committed, still
+        under the lock and in commit order, so caches never show uncommitted state; a rollback drops it."""
+        self._changes.append(change)
+
+    def _write_batches(self) -> None:
+        """The writer thread: commits batches of queued units until ``close`` queues None."""
+        running = True
+        while running:
+            batch = [self._units.get()]
+            while len(batch) < MAX_BATCH and not self._units.empty():
+                batch.append(self._units.get())
+            running = None not in batch
             try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._commit([unit for unit in batch if unit is not None])
+            except Exception:  # a cache change failed after its commit; keep writing for everyone else
+                logger.exception("applying committed changes failed")
+
+    def _commit(self, batch: list[tuple[Callable[[], Any], Future]]) -> None:
+        outcomes: list[tuple[Future, Any, Exception | None]] = []
+        try:
+            with self._lock:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    changes = []
+                    for unit, future in batch:
+                        self._changes = []
+                        self._db.execute("SAVEPOINT unit")
+                        try:
+                            outcomes.append((future, unit(), None))
+                            changes += self._changes
+                        except Exception as error:
+                            self._db.execute("ROLLBACK TO unit")
+                            outcomes.append((future, None, error))
+                        self._db.execute("RELEASE unit")
+                    self._db.execute("COMMIT")
+                except Exception as error:  # the database failed: nothing of this batch is kept
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    outcomes = [(future, None, error) for _, future in batch]
+                else:
+                    for change in changes:
+                        change()
+        finally:  # every caller gets its answer, whatever happened
+            for future, result, error in outcomes:
+                if error is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(error)
 
     def _all(self, sql: str, *args) -> list[dict]:
         with self._lock:
@@ -114,8 +185,8 @@ class Store:
     def party(self, job_id: str, name: str) -> dict | None:
         return self._one("SELECT * FROM parties WHERE job_id = ? AND name = ?", job_id, name)
 
-    def party_by_token(self, token_hash: str) -> dict | None:
-        return self._one("SELECT * FROM parties WHERE token_hash = ?", token_hash)
+    def parties_with_tokens(self) -> list[dict]:
+        return self._all("SELECT * FROM parties WHERE token_hash IS NOT NULL")
 
     def set_party_token(self, job_id: str, name: str, token_hash: str) -> None:
         self._run("UPDATE parties SET token_hash = ? WHERE job_id = ? AND name = ?", token_hash, job_id, name)
@@ -148,6 +219,10 @@ class Store:
             "SELECT party, body FROM updates WHERE job_id = ? AND round = ? ORDER BY party", job_id, round_number
         )
         return [{**json.loads(row["body"]), "party": row["party"]} for row in rows]
+
+    def submitters(self, job_id: str, round_number: int) -> list[str]:
+        rows = self._all("SELECT party FROM updates WHERE job_id = ? AND round = ?", job_id, round_number)
+        return [row["party"] for row in rows]
 
     def count_updates(self, job_id: str, round_number: int) -> int:
         return self._one("SELECT COUNT(*) AS n FROM updates WHERE job_id = ? AND round = ?", job_id, round_number)["n"]

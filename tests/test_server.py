@@ -124,6 +124,12 @@ def counter(client: httpx.Client, name: str, **labels: str) -> float:
     return 0.0
 
 
+def fetch_round(client: httpx.Client, job_id: str, token: str) -> dict:
+    response = client.get(f"/v1/jobs/{job_id}/round", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def wait_for_round(client: httpx.Client, job_id: str, token: str, after: int, wait: float = 10) -> dict:
     response = client.get(f"/v1/jobs/{job_id}/round", params={"after": after, "wait": wait}, headers=bearer(token))
     assert response.status_code == 200, response.text
@@ -525,7 +531,59 @@ def test_evaluations_are_stored_once_and_feed_the_best_prompt(client):
     assert (best["round"], best["accuracy"]) == (0, 0.75)
 
 
+def test_round_answer_follows_submissions_round_closing_and_cancellation(client):
+    """The server keeps each job's round answer in memory: it must change with every committed change."""
+    job_id, tokens = new_job(client)
+    first = fetch_round(client, job_id, tokens["a"])
+    assert set(first) == {"job", "status", "round", "mean", "sigma", "deadline", "submitted"}
+    assert (first["round"], first["status"], first["submitted"]) == (0, "running", False)
+
+    submit(client, job_id, tokens, "a", 0)
+    assert fetch_round(client, job_id, tokens["a"])["submitted"] is True
+    assert fetch_round(client, job_id, tokens["b"]) == first
+
+    submit(client, job_id, tokens, "b", 0)
+    second = fetch_round(client, job_id, tokens["a"])
+    assert (second["round"], second["submitted"]) == (1, False)
+    assert second["mean"] == final_z(client, job_id) != first["mean"]
+    assert second["deadline"] >= first["deadline"]
+
+    submit(client, job_id, tokens, "a", 1)
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=admin_headers()).status_code == 200
+    cancelled = fetch_round(client, job_id, tokens["a"])
+    assert {key: cancelled[key] for key in ("status", "round", "deadline", "submitted")} == {
+        "status": "cancelled",
+        "round": 1,
+        "deadline": None,
+        "submitted": True,
+    }
+    assert fetch_round(client, job_id, tokens["b"])["submitted"] is False
+
+
 # durability and determinism
+
+
+def test_tokens_and_round_answers_are_rebuilt_from_the_store_after_a_restart(tmp_path):
+    server = ServerProcess(tmp_path / "restarted.db")
+    try:
+        server.start()
+        with client_for(server) as client:
+            job_id, tokens = new_job(client)
+            submit(client, job_id, tokens, "a", 0)
+            enrollment = client.post(f"/v1/jobs/{job_id}/enrollments", json={"name": "late"}, headers=admin_headers())
+            before = {party: fetch_round(client, job_id, token) for party, token in tokens.items()}
+        assert (before["a"]["submitted"], before["b"]["submitted"]) == (True, False)
+        server.kill()
+        server.start()
+        with client_for(server) as client:
+            assert {party: fetch_round(client, job_id, token) for party, token in tokens.items()} == before
+            redeemed = client.post("/v1/enroll", json={"secret": enrollment.json()["secret"]})
+            assert redeemed.status_code == 201, redeemed.text
+            token = redeemed.json()["token"]
+            assert client.get("/v1/me", headers=bearer(token)).json() == {"job": job_id, "party": "late", "index": 2}
+            assert fetch_round(client, job_id, token) == before["b"]
+    finally:
+        server.stop()
 
 
 def uninterrupted_final_z(server: ServerProcess) -> str:

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from server.auth import coordinator, current_party, job_party
 from server.errors import ApiError
@@ -17,7 +16,7 @@ router = APIRouter(prefix="/v1", tags=["rounds"])
 
 
 @router.get("/me")
-def me(party: dict = Depends(current_party)) -> Me:
+async def me(party: dict = Depends(current_party)) -> Me:
     return Me(job=party["job_id"], party=party["name"], index=party["idx"])
 
 
@@ -26,7 +25,7 @@ def spec(job_id: str, service: Coordinator = Depends(coordinator)) -> JobSpec:
     return service.job(job_id)["spec"]
 
 
-@router.get("/jobs/{job_id}/round")
+@router.get("/jobs/{job_id}/round", response_model=RoundInfo)
 async def current_round(
     job_id: str,
     request: Request,
@@ -34,16 +33,16 @@ async def current_round(
     wait: float = Query(0.0, ge=0, description="seconds to hold the request waiting for a newer round"),
     party: dict = Depends(job_party),
     service: Coordinator = Depends(coordinator),
-) -> RoundInfo:
+) -> Response:
     """The open round; with ``after`` and ``wait``, a long-poll that answers as soon as the round passes ``after``."""
     events = request.app.state.events
     give_up = time.monotonic() + min(wait, request.app.state.settings.max_wait_s)
     while True:
         changed = events.event(job_id)
-        info = await run_in_threadpool(service.round_info, job_id, party["name"])
+        view = service.round_view(job_id)
         remaining = give_up - time.monotonic()
-        if info["round"] > after or info["status"] != "running" or remaining <= 0:
-            return info
+        if view.round > after or view.status != "running" or remaining <= 0:
+            return Response(view.answer(party["name"]), media_type="application/json")
         try:
             await asyncio.wait_for(changed.wait(), remaining)
         except TimeoutError:
@@ -51,7 +50,7 @@ async def current_round(
 
 
 @router.post("/jobs/{job_id}/rounds/{round_number}/updates", status_code=201)
-def submit_update(
+async def submit_update(
     job_id: str,
     round_number: int,
     update: UpdateIn,
@@ -62,14 +61,14 @@ def submit_update(
     """Submit this party's update for the open round (201); resending the same update answers 200."""
     if update.round != round_number:
         raise ApiError(422, "round_mismatch", f"the body says round {update.round}, the path says {round_number}")
-    accepted = service.submit(job_id, party["name"], round_number, update.model_dump())
+    accepted = await service.submit(job_id, party["name"], round_number, update.model_dump())
     if accepted["duplicate"]:
         response.status_code = 200
     return accepted
 
 
 @router.post("/jobs/{job_id}/rounds/{round_number}/evaluations", status_code=201)
-def submit_evaluation(
+async def submit_evaluation(
     job_id: str,
     round_number: int,
     evaluation: EvaluationIn,
@@ -78,6 +77,6 @@ def submit_evaluation(
     service: Coordinator = Depends(coordinator),
 ) -> dict:
     """Report this party's accuracy of the global prompt after ``round_number`` rounds (0 = the initial one)."""
-    if not service.report(job_id, party["name"], round_number, evaluation.model_dump()):
+    if not await service.report(job_id, party["name"], round_number, evaluation.model_dump()):
         response.status_code = 200
     return {"job": job_id, "party": party["name"], "round": round_number}

@@ -1,0 +1,78 @@
+"""The store's group commit, on a real SQLite file: units of work written from many threads at once."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from server.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(str(tmp_path / "store.db"))
+    yield store
+    store.close()
+
+
+def test_concurrent_units_commit_alone_or_together_and_a_failing_unit_rolls_back_alone(store):
+    committed: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def unit(index: int) -> int:
+        store.add_job(f"job-{index}", {}, {"round": 0}, float(index))
+        store.after_commit(lambda: committed.append(index))
+        if index % 3 == 0:
+            raise ValueError(f"unit {index} refused")
+        return index
+
+    def write(index: int) -> int | str:
+        if index < 8:
+            barrier.wait()  # the first eight arrive together, so they queue behind one another's commits
+        try:
+            return store.write(lambda: unit(index))
+        except ValueError as error:
+            return str(error)
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(write, range(40)))
+
+    refused = [index for index in range(40) if index % 3 == 0]
+    assert outcomes == [f"unit {i} refused" if i in refused else i for i in range(40)]
+    assert sorted(job["id"] for job in store.jobs()) == sorted(f"job-{i}" for i in range(40) if i not in refused)
+    assert sorted(committed) == [i for i in range(40) if i not in refused]
+
+
+def test_after_commit_changes_run_in_the_order_the_units_ran(store):
+    seen: list[str] = []
+    ran = iter(range(100))
+
+    def unit(name: str) -> None:
+        store.add_job(name, {}, {"round": 0}, float(next(ran)))  # jobs() lists them in the order they ran
+        store.after_commit(lambda: seen.append(name))
+
+    gate = threading.Event()
+    store.write(lambda: None)  # the writer is idle; the next unit holds it while the others queue up
+    blocker = threading.Thread(target=store.write, args=(lambda: gate.wait(5),))
+    blocker.start()
+    queued = [threading.Thread(target=store.write, args=(lambda name=name: unit(name),)) for name in "abcdef"]
+    for thread in queued:
+        thread.start()
+    gate.set()
+    for thread in (blocker, *queued):
+        thread.join(5)
+    assert sorted(seen) == list("abcdef")
+    assert seen == [job["id"] for job in store.jobs()]
+
+
+def test_the_writer_answers_and_keeps_running_when_a_cache_change_fails(store):
+    def unit() -> str:
+        store.add_job("a", {}, {"round": 0}, 0.0)
+        store.after_commit(lambda: 1 / 0)
+        return "committed"
+
+    assert store.write(unit) == "committed"
+    store.write(lambda: store.add_job("b", {}, {"round": 0}, 1.0))
+    assert [job["id"] for job in store.jobs()] == ["a", "b"]
