@@ -98,7 +98,7 @@ def test_method_lists_are_checked():
 
 def test_compare_writes_table_plots_and_resumes(backend, tmp_path):
     config = CompareConfig(
-        partitions=("iid", "dirichlet"),
+        partitions=("dirichlet",),
         clients=3,
         seeds=1,
         rounds=1,
@@ -109,14 +109,14 @@ def test_compare_writes_table_plots_and_resumes(backend, tmp_path):
         demonstrations=2,
     )
     results = compare(config, backend, tmp_path)
-    assert len(results["runs"]) == len(METHODS) * 2
+    assert len(results["runs"]) == len(METHODS)
     assert all(run["status"] == "finished" and 0 <= run["final_accuracy"] <= 1 for run in results["runs"])
     table = (tmp_path / "table.md").read_text()
     for label in ("FedBPT", "FedAvg-BBT", "FedPrompt", "FedP-tuning", "Zero-shot", "In-context"):
-        assert table.count(f"| {label}") == 2
+        assert table.count(f"| {label}") == 1
     assert (tmp_path / "accuracy_vs_round.png").stat().st_size > 0
     assert (tmp_path / "accuracy_vs_bytes.png").stat().st_size > 0
-    by_method = {run["method"]: run for run in results["runs"] if run["partition"] == "iid"}
+    by_method = {run["method"]: run for run in results["runs"]}
     assert by_method["fedbpt"]["trainable_parameters"] == 500 and by_method["zero-shot"]["bytes_up"] == 0
     assert by_method["fedbpt"]["curve"][-1][2] == 3 * (
         by_method["fedbpt"]["bytes_up"] + by_method["fedbpt"]["bytes_down"]
@@ -127,3 +127,13 @@ def test_compare_writes_table_plots_and_resumes(backend, tmp_path):
     assert [run["final_accuracy"] for run in again["runs"]] == [run["final_accuracy"] for run in results["runs"]]
     with pytest.raises(ValueError, match="other settings"):
         compare(CompareConfig(**{**config.__dict__, "rounds": 2}), backend, tmp_path)
+
+
+def test_compare_command_rejects_unknown_methods_before_loading_a_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedbpt.cli import app
+
+    result = CliRunner().invoke(app, ["compare", "--methods", "fedbpt,fedsgd", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown methods ['fedsgd']" in result.output
+    assert not any(tmp_path.iterdir())
