@@ -198,6 +198,14 @@ def _cell(values: list[float]) -> str:
     return f"{100 * np.mean(values):.1f}{std}"
 
 
+def present(runs: list[dict]) -> tuple[list[str], list[str]]:
+    """The methods and partitions that have runs (a folder can gather runs from several invocations)."""
+    return (
+        [method for method in METHODS if any(run["method"] == method for run in runs)],
+        [partition for partition in PARTITIONS if any(run["partition"] == partition for run in runs)],
+    )
+
+
 def table(runs: list[dict], config: CompareConfig, model: str) -> str:
     """Markdown: accuracy mean ± std over seeds per method and partition, and the cost of each method."""
     lines = [
@@ -209,8 +217,9 @@ def table(runs: list[dict], config: CompareConfig, model: str) -> str:
         " | peak RSS MB | s/round |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for method in config.methods:
-        for partition in config.partitions:
+    methods, partitions = present(runs)
+    for method in methods:
+        for partition in partitions:
             done = [r for r in runs if r["method"] == method and r["partition"] == partition]
             if not done:
                 continue
@@ -247,14 +256,15 @@ def plot(runs: list[dict], config: CompareConfig, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    methods, partitions = present(runs)
     paths = []
     for name, x_index, x_label, log in (
         ("accuracy_vs_round", 0, "round (0 = starting prompt)", False),
         ("accuracy_vs_bytes", 2, "total bytes communicated, all parties (log)", True),
     ):
-        figure, axes = plt.subplots(1, len(config.partitions), figsize=(6 * len(config.partitions), 4.2), squeeze=False)
-        for axis, partition in zip(axes[0], config.partitions, strict=True):
-            for method in config.methods:
+        figure, axes = plt.subplots(1, len(partitions), figsize=(6 * len(partitions), 4.2), squeeze=False)
+        for axis, partition in zip(axes[0], partitions, strict=True):
+            for method in methods:
                 done = [r for r in runs if r["method"] == method and r["partition"] == partition]
                 if not done:
                     continue

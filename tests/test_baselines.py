@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -123,10 +124,11 @@ def test_compare_writes_table_plots_and_resumes(backend, tmp_path):
     )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved["runs"]) == len(results["runs"])
-    again = compare(config, backend, tmp_path)  # everything finished: nothing reruns
+    again = compare(replace(config, methods=("zero-shot",)), backend, tmp_path)  # finished: nothing reruns
     assert [run["final_accuracy"] for run in again["runs"]] == [run["final_accuracy"] for run in results["runs"]]
+    assert (tmp_path / "table.md").read_text() == table  # every run of the folder, not only this call's methods
     with pytest.raises(ValueError, match="other settings"):
-        compare(CompareConfig(**{**config.__dict__, "rounds": 2}), backend, tmp_path)
+        compare(replace(config, rounds=2), backend, tmp_path)
 
 
 def test_compare_command_rejects_unknown_methods_before_loading_a_model(tmp_path):
