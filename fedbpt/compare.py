@@ -328,7 +328,7 @@ def compare(config: CompareConfig, backend: Backend, out_dir: Path) -> dict:
     ]
     done = {(run["method"], run["partition"], run["seed"]) for run in runs}
     todo = [key for key in grid if key not in done]
-    tqdm.write(f"{len(grid)} runs, {len(grid) - len(todo)} already in {results_path}")
+    tqdm.write(f"{len(todo)} of {len(grid)} runs to do; {len(runs)} finished runs kept from {results_path}")
     started = time.perf_counter()
     for number, (method, partition, seed) in enumerate(todo, start=1):
         minutes = (time.perf_counter() - started) / 60
