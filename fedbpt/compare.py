@@ -255,6 +255,7 @@ def plot(runs: list[dict], config: CompareConfig, out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     methods, partitions = present(runs)
     paths = []
@@ -280,6 +281,8 @@ def plot(runs: list[dict], config: CompareConfig, out_dir: Path) -> list[Path]:
                 axis.plot(xs, ys, marker="o", label=LABELS[method], color=_color(method))
             if log:
                 axis.set_xscale("log")
+            else:
+                axis.xaxis.set_major_locator(MaxNLocator(integer=True))
             axis.set_title(f"{config.task}, {partition}" + (f" (alpha {config.alpha})" if partition != "iid" else ""))
             axis.set_xlabel(x_label)
             axis.set_ylabel("held-out accuracy (%)")
