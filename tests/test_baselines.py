@@ -112,6 +112,7 @@ def test_compare_writes_table_plots_and_resumes(backend, tmp_path):
     results = compare(config, backend, tmp_path)
     assert len(results["runs"]) == len(METHODS)
     assert all(run["status"] == "finished" and 0 <= run["final_accuracy"] <= 1 for run in results["runs"])
+    assert all(run["peak_rss_bytes"] > 2**20 for run in results["runs"])
     table = (tmp_path / "table.md").read_text()
     for label in ("FedBPT", "FedAvg-BBT", "FedPrompt", "FedP-tuning", "Zero-shot", "In-context"):
         assert table.count(f"| {label}") == 1
