@@ -105,6 +105,60 @@ def models_list():
         typer.echo(f"{entry.name:24s} {size}  {entry.origin}")
 
 
+@app.command()
+def compare(
+    task: str = typer.Option("sst2", help="sst2, agnews, yelp2, dbpedia, or a task file (.toml/.json)"),
+    partition: str = typer.Option("iid,dirichlet", help="comma-separated: iid, dirichlet"),
+    alpha: float = typer.Option(1.0, help="Dirichlet concentration"),
+    clients: int = typer.Option(10, help="number of parties"),
+    seeds: int = typer.Option(3, help="seeds per method and partition (42, 43, ...)"),
+    methods: str = typer.Option(
+        "all", help="all, or some of zero-shot,in-context,fedprompt,fedptuning,fedavg-bbt,fedbpt"
+    ),
+    rounds: int = typer.Option(10, help="federated rounds"),
+    examples_per_party: int = typer.Option(16, help="training examples per party on average"),
+    eval_examples: int = typer.Option(200, help="held-out examples scored (0 = all)"),
+    model: str = typer.Option(DEFAULT_MODEL, help="packaged name, .gguf file, model folder or hub id"),
+    dtype: str = typer.Option("bfloat16", help="bfloat16 (fast on CPU) or float32"),
+    local_iterations: int = typer.Option(8, help="FedBPT / FedAvg-BBT: CMA-ES iterations per party per round"),
+    epochs: int = typer.Option(1, help="FedPrompt / FedP-tuning: local epochs per round"),
+    learning_rate: float = typer.Option(3e-3, help="FedPrompt / FedP-tuning: Adam learning rate"),
+    demonstrations: int = typer.Option(4, help="in-context learning: demonstrations from the party's own data"),
+    threads: int = typer.Option(0, help="torch threads (0 = torch's default)"),
+    out: Path = typer.Option(Path("runs/compare"), help="results folder (an existing one is resumed)"),
+):
+    """Compare FedBPT with FedAvg-BBT, FedPrompt, FedP-tuning, zero-shot and in-context learning."""
+    from fedbpt.compare import METHODS, PARTITIONS, CompareConfig, parse_list
+    from fedbpt.compare import compare as run
+    from fedbpt.models import load_backend
+
+    try:
+        config = CompareConfig(
+            task=task,
+            model=model,
+            dtype=dtype,
+            methods=parse_list(methods, METHODS, "methods"),
+            partitions=parse_list(partition, PARTITIONS, "partitions"),
+            alpha=alpha,
+            clients=clients,
+            seeds=seeds,
+            rounds=rounds,
+            examples_per_party=examples_per_party,
+            eval_examples=eval_examples,
+            local_iterations=local_iterations,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            demonstrations=demonstrations,
+        )
+        results = run(config, load_backend(model, dtype=dtype, threads=threads or None), out)
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    typer.echo((out / "table.md").read_text())
+    typer.echo(f"results, table and plots written to {out}")
+    if any(run["status"] != "finished" for run in results["runs"]):
+        raise typer.Exit(130)
+
+
 job_app = typer.Typer(help="Administer jobs on a fedbpt server.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
 

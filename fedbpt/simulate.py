@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from fedbpt import aggregate
 from fedbpt.aggregate import GlobalState
-from fedbpt.backends import PLACEMENTS, Backend
+from fedbpt.backends import PLACEMENTS, Backend, EncodedExample
 from fedbpt.data import class_histogram, federated_split
 from fedbpt.objective import Objective, PromptedModel, perturb
 from fedbpt.projection import Projection, projection_scale
@@ -95,8 +95,18 @@ def split_parties(config: SimulationConfig, model: PromptedModel) -> tuple[list[
     return parties, class_histogram(labels, shares, model.task.n_labels)
 
 
-def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None) -> dict:
-    """Run the federation; return (and write to ``out``) the results."""
+@dataclass
+class Federation:
+    """What every method run on a configuration shares: the prompted model, the parties, the held-out set."""
+
+    model: PromptedModel
+    parties: list[Party]
+    histogram: np.ndarray  # (parties, classes)
+    eval_set: list[EncodedExample]
+    eval_labels: np.ndarray
+
+
+def prepare(config: SimulationConfig, backend: Backend) -> Federation:
     task = resolve_task(config.task)
     scale = projection_scale(backend.embedding_std(), config.dim, config.sigma0, config.projection_alpha)
     projection = Projection(config.seed, config.dim, config.n_tokens, backend.hidden_size, scale)
@@ -105,7 +115,23 @@ def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None
     held_out = task.load_eval()
     if config.eval_examples:
         held_out = held_out[: config.eval_examples]
-    eval_set, eval_labels = model.encode(held_out), np.array([example.label for example in held_out])
+    return Federation(model, parties, histogram, model.encode(held_out), np.array([row.label for row in held_out]))
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Replace ``path`` in one rename, so a reader (or a Ctrl-C) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=1))
+    partial.replace(path)
+
+
+def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None) -> dict:
+    """Run the federation; return (and write to ``out``) the results."""
+    federation = prepare(config, backend)
+    model, parties = federation.model, federation.parties
+    eval_set, eval_labels = federation.eval_set, federation.eval_labels
+    task, projection = model.task, model.projection
     results = {
         "config": asdict(config),
         "status": "running",
@@ -114,16 +140,13 @@ def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None
         "projection_fingerprint": projection.fingerprint(),
         "eval_size": len(eval_set),
         "party_examples": [len(p.labels) for p in parties],
-        "party_class_histogram": histogram.tolist(),
+        "party_class_histogram": federation.histogram.tolist(),
         "rounds": [],
     }
 
     def save() -> None:
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            partial = out.with_name(out.name + ".partial")
-            partial.write_text(json.dumps(results, indent=1))
-            partial.replace(out)
+            write_json(out, results)
 
     def evaluate(z: np.ndarray | None) -> tuple[float, float]:
         started = time.perf_counter()
