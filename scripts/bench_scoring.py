@@ -13,6 +13,7 @@ Last line: speedup_vs_naive=<x> fraction_of_limit=<y>  (targets: >= 2.5 and >= 0
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -86,6 +87,7 @@ def main() -> None:
         f"bf16 vs fp32: prediction agreement {agreement:.4f}, max |logit diff| "
         f"{np.abs(logits32 - logits16).max():.3f}, fp32 {fp32_seconds / seconds['ours (before)']:.2f}x slower"
     )
+    print(f"threads {torch.get_num_threads()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ours = seconds["ours (before)"]
     print(f"speedup_vs_naive={seconds['naive'] / ours:.2f} fraction_of_limit={seconds['limit (no prompt)'] / ours:.2f}")
 

@@ -17,11 +17,11 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedbpt.backends import EncodedExample, Part, Placement, layout, model_identity
 
-# Batch limits measured with SmolLM2 on 2 cores (docs/results.md): rows of 512 packed tokens, 2,048 tokens
-# per forward; bigger forwards were slower, being memory-bound.
-TOKENS_PER_FORWARD = 2048
+# Batch limits measured with SmolLM2 on this CPU (docs/results.md). Short rows keep the block-diagonal mask's
+# wasted attention small; big forwards mean fewer, larger operations, which suffer less on a busy machine.
+TOKENS_PER_FORWARD = 4096
 SEQUENCES_PER_FORWARD = 160
-TOKENS_PER_ROW = 512
+TOKENS_PER_ROW = 96
 
 
 class TransformersBackend:
@@ -33,6 +33,9 @@ class TransformersBackend:
         sequences_per_forward: int = SEQUENCES_PER_FORWARD,
         tokens_per_row: int = TOKENS_PER_ROW,
     ):
+        # Plain matmul-softmax attention: on CPU it beat torch's fused kernel with an explicit mask (every
+        # scorer here passes one) for the naive, shared and text-only forwards alike (docs/results.md).
+        model.set_attn_implementation("eager")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tokens_per_forward = tokens_per_forward
@@ -205,14 +208,15 @@ class TransformersBackend:
                 start = end
         return inputs, segments, offsets, torch.tensor(last)
 
-    @staticmethod
-    def _packed_mask(head_mask: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-        """(rows, 1, width, head + width) boolean mask: a token sees its row's head and the earlier tokens of
-        its own tail (padding sees earlier padding, so no query row is empty)."""
+    def _packed_mask(self, head_mask: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """(rows, 1, width, head + width) additive mask (0 or the dtype's minimum, as eager attention adds it): a
+        token sees its row's head and the earlier tokens of its own tail (padding sees earlier padding, so no
+        query row is empty)."""
         width = segments.shape[1]
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         same_tail = (segments[:, :, None] == segments[:, None, :]) & causal
-        return torch.cat([head_mask[:, None, :].expand(-1, width, -1), same_tail], -1)[:, None]
+        visible = torch.cat([head_mask[:, None, :].expand(-1, width, -1), same_tail], -1)[:, None]
+        return torch.zeros(visible.shape, dtype=self.dtype).masked_fill_(~visible, torch.finfo(self.dtype).min)
 
     def _last_hidden_naive(self, heads, tails, pairs) -> torch.Tensor:
         sequences = [torch.cat([heads[h], tails[t]]) for h, t in pairs]
