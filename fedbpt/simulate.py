@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -126,6 +128,26 @@ def write_json(path: Path, data: dict) -> None:
     partial.replace(path)
 
 
+@contextmanager
+def finishing(results: dict, save: Callable[[], None], bar: tqdm, started: float) -> Iterator[None]:
+    """Around a federation's rounds: mark the results finished, or interrupted on Ctrl-C (which is absorbed, so
+    the caller returns every finished round); then close the progress bar, add the total time and the last
+    measured accuracy, and save."""
+    try:
+        yield
+        results["status"] = "finished"
+    except KeyboardInterrupt:
+        results["status"] = "interrupted"
+        tqdm.write("interrupted: results hold every finished round")
+    finally:
+        bar.close()
+        results["seconds"] = time.perf_counter() - started
+        scored = [r for r in results["rounds"] if "accuracy" in r]
+        if scored:
+            results["final_accuracy"] = scored[-1]["accuracy"]
+        save()
+
+
 def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None) -> dict:
     """Run the federation; return (and write to ``out``) the results."""
     federation = prepare(config, backend)
@@ -164,7 +186,7 @@ def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None
     save()
     picker = np.random.default_rng(config.seed + 1)
     bar = tqdm(total=config.rounds * config.per_round(), desc="local searches", unit="party")
-    try:
+    with finishing(results, save, bar, started):
         for round_number in range(config.rounds):
             chosen = np.sort(picker.choice(config.parties, size=config.per_round(), replace=False))
             search_started = time.perf_counter()
@@ -206,17 +228,6 @@ def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None
             results["final_state"] = state.to_dict()
             bar.set_postfix(fitness=f"{record['train_fitness']:.3f}", acc=record.get("accuracy", "-"))
             save()
-        results["status"] = "finished"
-    except KeyboardInterrupt:
-        results["status"] = "interrupted"
-        tqdm.write("interrupted: results hold every finished round")
-    finally:
-        bar.close()
-        results["seconds"] = time.perf_counter() - started
-        scored = [r for r in results["rounds"] if "accuracy" in r]
-        if scored:
-            results["final_accuracy"] = scored[-1]["accuracy"]
-        save()
     return results
 
 

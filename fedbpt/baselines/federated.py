@@ -22,7 +22,7 @@ from fedbpt.baselines import prompt_tuning
 from fedbpt.baselines.prompt_tuning import LocalTraining
 from fedbpt.protocol import encode_vector
 from fedbpt.search import party_seed
-from fedbpt.simulate import Federation, SimulationConfig, prepare, write_json
+from fedbpt.simulate import Federation, SimulationConfig, finishing, prepare, write_json
 
 GRADIENT_METHODS = ("fedprompt", "fedptuning")
 
@@ -93,7 +93,7 @@ def run_gradient(
     save()
     picker = np.random.default_rng(config.seed + 1)
     bar = tqdm(total=config.rounds * config.per_round(), desc=f"{method} local rounds", unit="party")
-    try:
+    with finishing(results, save, bar, started):
         for round_number in range(config.rounds):
             chosen = np.sort(picker.choice(config.parties, size=config.per_round(), replace=False))
             train_started = time.perf_counter()
@@ -128,15 +128,4 @@ def run_gradient(
             results["rounds"].append(record)
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=record.get("accuracy", "-"))
             save()
-        results["status"] = "finished"
-    except KeyboardInterrupt:
-        results["status"] = "interrupted"
-        tqdm.write("interrupted: results hold every finished round")
-    finally:
-        bar.close()
-        results["seconds"] = time.perf_counter() - started
-        scored = [r for r in results["rounds"] if "accuracy" in r]
-        if scored:
-            results["final_accuracy"] = scored[-1]["accuracy"]
-        save()
     return results
