@@ -1,8 +1,9 @@
 """The edge client: one party of a server job on a GGUF model through llama.cpp, with no torch.
 
 It needs numpy, cma, httpx, llama-cpp-python and gguf (``pip install 'fedbpt[edge]'``) and runs the same
-party loop as the full client (``clients.party``). The projection is generated on the device one prompt
-token at a time (``fedbpt.projection``), and llama.cpp's context is sized for a small memory budget.
+party loop as the full client (``clients.party``). Memory is kept small by default: the projection is
+generated on the device one prompt token at a time and not kept (``fedbpt.projection``; ``--projection-cache-mb``
+trades memory for speed), and llama.cpp's key/value cache holds 512 tokens (``--context``).
 
     python -m clients.edge --server https://host:8000 --token TOKEN --quant q4_0
 """
@@ -12,11 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from clients.party import PARTY_ERRORS, DataChoice, join_and_run, log
-from fedbpt.backends.llama import LlamaError
-from fedbpt.models import QUANTS, load_llama_backend, prepare
+# cma imports matplotlib.pyplot whenever it is installed (about 45 MB resident); an edge client never plots,
+# so it runs as on the slim ``edge`` install, where matplotlib is absent.
+sys.modules.setdefault("matplotlib", None)
+warnings.filterwarnings("ignore", message="Could not import matplotlib.pyplot")
+
+from clients.party import PARTY_ERRORS, DataChoice, join_and_run, log  # noqa: E402
+from fedbpt.backends.llama import LlamaError  # noqa: E402
+from fedbpt.models import QUANTS, load_llama_backend, prepare  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +41,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-examples", type=int, default=200, help="held-out rows scored each round")
     parser.add_argument("--data-dir", type=Path, default=Path("."), help="folder of a task file's data files")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = the CPUs this process may use)")
+    parser.add_argument(
+        "--context", type=int, default=512, help="llama.cpp key/value cache in tokens (SmolLM2: 23 KB each)"
+    )
+    parser.add_argument(
+        "--projection-cache-mb",
+        type=int,
+        default=0,
+        help="keep the projection in memory if it fits (SmolLM2's: 58 MB), instead of regenerating it each step",
+    )
     parser.add_argument("--ca-bundle", help="CA certificate bundle (PEM) to verify the server's TLS certificate")
     args = parser.parse_args(argv)
     if not args.server:
@@ -41,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def edge_backend(spec: dict, model: str | None, quant: str | None, threads: int):
+def edge_backend(spec: dict, model: str | None, quant: str | None, threads: int, context: int):
     """The llama.cpp backend for the job: the named model (default: the job's), re-quantized if asked."""
     name = model or spec["model"]["name"]
     if quant:
@@ -49,7 +65,7 @@ def edge_backend(spec: dict, model: str | None, quant: str | None, threads: int)
         log(f"using {base} re-quantized to {quant} (prepared once, then cached)")
         prepare(base, quant)
         name = f"{base}:{quant}"
-    return load_llama_backend(name, threads=threads or None)
+    return load_llama_backend(name, threads=threads or None, n_ctx=context)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             args.token,
             args.enroll,
             args.ca_bundle,
-            lambda spec: edge_backend(spec, args.model, args.quant, args.threads),
+            lambda spec: edge_backend(spec, args.model, args.quant, args.threads, args.context),
             choice,
+            args.projection_cache_mb * 2**20,
         )
     except (*PARTY_ERRORS, LlamaError) as error:
         print(f"error: {error}", file=sys.stderr)

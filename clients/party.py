@@ -20,6 +20,7 @@ from fedbpt.data import Example, federated_split
 from fedbpt.job import JobMismatch, prompted_model, search_config, spec_task
 from fedbpt.models import ModelNotFound
 from fedbpt.objective import Objective, PromptedModel, perturb
+from fedbpt.projection import CACHE_LIMIT_BYTES
 from fedbpt.protocol import decode_vector
 from fedbpt.search import local_search, party_seed
 
@@ -114,6 +115,7 @@ def join_and_run(
     ca_bundle: str | None,
     load_backend: Callable[[dict], Backend],
     choice: DataChoice,
+    projection_cache_bytes: int = CACHE_LIMIT_BYTES,
 ) -> tuple[str, dict]:
     """Join a job (with a token, or by redeeming an enrollment secret), load this party's backend for the
     job's spec, check it against the job and take part until the end; returns (job id, last round info)."""
@@ -125,5 +127,5 @@ def join_and_run(
     api = Api(server, token, ca_bundle)
     me = api.me()
     spec = api.spec(me["job"])
-    model = prompted_model(spec, load_backend(spec), choice.data_dir)
+    model = prompted_model(spec, load_backend(spec), choice.data_dir, projection_cache_bytes)
     return me["job"], run_party(api, spec, me, model, choice)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fedbpt.backends import Backend
 from fedbpt.objective import PromptedModel
-from fedbpt.projection import Projection, projection_scale
+from fedbpt.projection import CACHE_LIMIT_BYTES, Projection, projection_scale
 from fedbpt.search import SearchConfig
 from fedbpt.tasks import Task, resolve_task, task_from_dict
 
@@ -86,8 +86,13 @@ def search_config(spec: dict) -> SearchConfig:
     return SearchConfig(**spec["search"])
 
 
-def prompted_model(spec: dict, backend: Backend, data_dir: Path = Path(".")) -> PromptedModel:
-    """This party's PromptedModel for the job, after checking that model and projection match it."""
+def prompted_model(
+    spec: dict, backend: Backend, data_dir: Path = Path("."), projection_cache_bytes: int = CACHE_LIMIT_BYTES
+) -> PromptedModel:
+    """This party's PromptedModel for the job, after checking that model and projection match it.
+
+    ``projection_cache_bytes`` bounds the projection blocks kept in memory (0: regenerate them on each call).
+    """
     expected = spec["model"]
     if backend.identity != expected["identity"] or backend.hidden_size != expected["hidden_size"]:
         raise JobMismatch(
@@ -97,7 +102,9 @@ def prompted_model(spec: dict, backend: Backend, data_dir: Path = Path(".")) -> 
             f"client); start it with --model {expected['name']}"
         )
     recipe = spec["projection"]
-    projection = Projection(recipe["seed"], recipe["dim"], recipe["n_tokens"], backend.hidden_size, recipe["scale"])
+    projection = Projection(
+        recipe["seed"], recipe["dim"], recipe["n_tokens"], backend.hidden_size, recipe["scale"], projection_cache_bytes
+    )
     if projection.fingerprint() != recipe["fingerprint"]:
         raise JobMismatch(
             f"projection fingerprint {projection.fingerprint()} differs from the job's {recipe['fingerprint']}: "

@@ -244,7 +244,7 @@ def load_backend(
     return TransformersBackend(model, tokenizer)
 
 
-def load_llama_backend(name_or_path: str = DEFAULT_MODEL, threads: int | None = None):
+def load_llama_backend(name_or_path: str = DEFAULT_MODEL, threads: int | None = None, n_ctx: int | None = None):
     """A LlamaCppBackend on a packaged model, a prepared variant (``name:q4_0``) or a ``.gguf`` file."""
     path = gguf_file(name_or_path)
     if path is None:
@@ -252,6 +252,6 @@ def load_llama_backend(name_or_path: str = DEFAULT_MODEL, threads: int | None = 
             f"the llama.cpp engine runs GGUF files; {name_or_path!r} is none: use one of {sorted(PACKAGED)}, "
             "a prepared variant such as 'smollm2-135m:q8_0', or a .gguf file"
         )
-    from fedbpt.backends.llama import LlamaCppBackend
+    from fedbpt.backends.llama import N_CTX, LlamaCppBackend
 
-    return LlamaCppBackend(path, threads=threads)
+    return LlamaCppBackend(path, n_ctx=n_ctx or N_CTX, threads=threads)

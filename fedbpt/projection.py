@@ -49,8 +49,9 @@ class Projection:
 
     ``scale`` is pinned by the job (computed once from the reference model) rather than re-measured
     by each party, because a quantized copy of the same model has a slightly different embedding std.
-    Blocks are cached while the whole matrix fits in ``CACHE_LIMIT_BYTES``; beyond that they are
-    regenerated on each call, keeping memory bounded for large models.
+    Blocks are cached while the whole matrix fits in ``cache_limit_bytes``; beyond that they are
+    regenerated on each call (one block at a time), keeping memory bounded for large models and small
+    devices at the cost of regenerating them (SmolLM2's 50 blocks: about 0.3-0.6 s per call).
     """
 
     seed: int
@@ -58,6 +59,7 @@ class Projection:
     n_tokens: int
     hidden: int
     scale: float
+    cache_limit_bytes: int = field(default=CACHE_LIMIT_BYTES, compare=False)
     _blocks: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -69,7 +71,7 @@ class Projection:
         if cached is not None:
             return cached
         block = unit_normal_block(self.seed, token, self.hidden, self.dim)
-        if self.nbytes <= CACHE_LIMIT_BYTES:
+        if self.nbytes <= self.cache_limit_bytes:
             self._blocks[token] = block
         return block
 

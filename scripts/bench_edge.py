@@ -2,7 +2,8 @@
 
 Each kind of client runs one round in its own child process, pinned to one CPU (``sched_setaffinity``)
 and capped with ``RLIMIT_AS`` (address space, the limit Linux enforces): the edge client (llama.cpp on a
-re-quantized GGUF file, no torch), the transformers client (bf16) and a backprop client (FedPrompt-style
+re-quantized GGUF file, no torch, with its own small-memory defaults: a 512-token cache and a projection
+regenerated at each step), the transformers client (bf16) and a backprop client (FedPrompt-style
 prompt tuning by gradient descent through the frozen model, ``fedbpt.baselines.prompt_tuning``; one epoch
 of batches of 8) on the same model, SmolLM2-135M. A round is
 what a party does between downloading the global state and submitting: load the model, build the job's
@@ -10,7 +11,7 @@ projection on the device, encode its examples, and run its local optimisation. A
 under the cap is run again without it, to measure what it needs. Prints peak RSS and seconds per round
 for each, and as the last line ``edge_rss_mb=<x> fedprompt_rss_mb=<y> ratio=<y/x>``.
 
-    .venv/bin/python scripts/bench_edge.py [--cap-mb 1024] [--quant q4_0] [--iterations 4]
+    .venv/bin/python scripts/bench_edge.py [--cap-mb 1024] [--quant q4_0] [--iterations 4] [--context 512]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,33 +30,33 @@ ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("edge", "transformers", "fedprompt")
 
 
-def child(kind: str, cap_mb: int, args: argparse.Namespace) -> dict:
-    """Runs in the child process: pin, cap, then one round of this kind of client."""
+def child(kind: str, cap_mb: int, spec: dict, args: argparse.Namespace) -> dict:
+    """Runs in the child process: pin, cap, then one round of this kind of client on the job ``spec``."""
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     if cap_mb:
         resource.setrlimit(resource.RLIMIT_AS, (cap_mb * 2**20, cap_mb * 2**20))
+    if kind == "edge":
+        from clients.edge import edge_backend  # first: the edge client's own import set-up applies
     import numpy as np
 
     from clients.party import DataChoice, party_examples
     from fedbpt.aggregate import GlobalState
-    from fedbpt.job import make_spec, prompted_model, search_config
-    from fedbpt.models import load_backend, prepare
+    from fedbpt.job import prompted_model, search_config
+    from fedbpt.models import load_backend
     from fedbpt.objective import Objective, perturb
-    from fedbpt.search import SearchConfig, local_search, party_seed
+    from fedbpt.search import local_search, party_seed
 
     start = time.perf_counter()
-    search = SearchConfig(population=5, iterations=args.iterations)
     if kind == "edge":
-        prepare("smollm2-135m", args.quant)
-        backend = load_backend(f"smollm2-135m:{args.quant}", threads=1, engine="llama.cpp")
+        backend = edge_backend(spec, None, args.quant, threads=1, context=args.context)
+        model = prompted_model(spec, backend, projection_cache_bytes=args.projection_cache_mb * 2**20)
     else:
         backend = load_backend("smollm2-135m", dtype="bfloat16", threads=1)
-    spec = make_spec(backend, "smollm2-135m", "sst2", search=search, projection_alpha=0.5)
+        model = prompted_model(spec, backend)
     choice = DataChoice(shard=0, shards=10, examples_per_party=args.examples, eval_examples=0)
     train, _ = party_examples(spec, choice)
     labels = np.array([example.label for example in train])
     loaded = time.perf_counter()
-    model = prompted_model(spec, backend)
     examples = model.encode(train)
     if kind == "fedprompt":
         from fedbpt.baselines.prompt_tuning import LocalTraining, fedprompt_round, initial_soft_prompt
@@ -67,13 +69,32 @@ def child(kind: str, cap_mb: int, args: argparse.Namespace) -> dict:
         objective = Objective(model, examples, labels, config.loss, perturbed)
         local_search(GlobalState.initial(model.projection.dim, 1.0), objective, config, seed, "bench", len(train))
     done = time.perf_counter()
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"rss_mb": rss_mb, "round_s": done - start, "search_s": done - loaded}
+    return {"rss_mb": peak_rss_mb(), "round_s": done - start, "search_s": done - loaded}
 
 
-def run(kind: str, cap_mb: int, args: argparse.Namespace) -> dict:
+def peak_rss_mb() -> float:
+    """This process image's peak resident set (VmHWM). Not ``ru_maxrss``: Linux carries that across
+    ``exec`` from the parent that forked the child, so a child would report at least its parent's size."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def job_spec(args: argparse.Namespace) -> dict:
+    """The job as a server would hand it out (made here from the GGUF file, so without torch)."""
+    from fedbpt.job import make_spec
+    from fedbpt.models import load_llama_backend, prepare
+    from fedbpt.search import SearchConfig
+
+    prepare("smollm2-135m", args.quant)
+    backend = load_llama_backend("smollm2-135m", threads=1)
+    search = SearchConfig(population=5, iterations=args.iterations)
+    return make_spec(backend, "smollm2-135m", "sst2", search=search, projection_alpha=0.5)
+
+
+def run(kind: str, cap_mb: int, spec_file: Path, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--child", kind, "--cap-mb", str(cap_mb), "--quant", args.quant]
-    command += ["--iterations", str(args.iterations), "--examples", str(args.examples)]
+    command += ["--iterations", str(args.iterations), "--examples", str(args.examples), "--spec", str(spec_file)]
+    command += ["--context", str(args.context), "--projection-cache-mb", str(args.projection_cache_mb)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         return {"failed": (result.stderr.strip().splitlines() or ["no output"])[-1][:160]}
@@ -87,17 +108,22 @@ def main() -> None:
     parser.add_argument("--quant", default="q4_0", choices=("f16", "q8_0", "q4_0"))
     parser.add_argument("--iterations", type=int, default=4, help="CMA-ES iterations per round (FedPrompt: 1 epoch)")
     parser.add_argument("--examples", type=int, default=16)
+    parser.add_argument("--context", type=int, default=512, help="edge: llama.cpp cache tokens (its --context)")
+    parser.add_argument("--projection-cache-mb", type=int, default=0, help="edge: its --projection-cache-mb")
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.cap_mb, args)))
+        print(json.dumps(child(args.child, args.cap_mb, json.loads(args.spec.read_text()), args)))
         return
+    spec_file = Path(tempfile.mkdtemp()) / "spec.json"
+    spec_file.write_text(json.dumps(job_spec(args)))
     results = {}
     print(f"{'client':14s} {'under cap':>9s} {'peak RSS MB':>11s} {'s/round':>8s} {'s/search':>8s}")
     for kind in KINDS:
-        result, capped = run(kind, args.cap_mb, args), "yes"
+        result, capped = run(kind, args.cap_mb, spec_file, args), "yes"
         if "failed" in result:
             print(f"{kind:14s} fails under the {args.cap_mb} MB cap: {result['failed']}")
-            result, capped = run(kind, 0, args), "no"
+            result, capped = run(kind, 0, spec_file, args), "no"
         results[kind] = result
         if "failed" in result:
             print(f"{kind:14s} failed: {result['failed']}")

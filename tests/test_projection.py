@@ -58,9 +58,8 @@ def test_wrong_shape_is_refused():
         Projection(1, 50, 3, 16, 0.5)(np.zeros(49))
 
 
-def test_large_projection_is_not_cached(monkeypatch):
-    monkeypatch.setattr("fedbpt.projection.CACHE_LIMIT_BYTES", 1000)
-    projection = Projection(1, 50, 3, 16, 0.5)
+def test_large_projection_is_not_cached():
+    projection = Projection(1, 50, 3, 16, 0.5, cache_limit_bytes=1000)
     first = projection(np.ones(50))
     assert projection._blocks == {}
     np.testing.assert_array_equal(first, projection(np.ones(50)))

@@ -210,7 +210,10 @@ class LlamaCppBackend:
                 current, heads_in, cells = [], set(), 0
                 extra = _length(tails[tail]) + _length(heads[head])
             if extra > self.n_ctx:
-                raise LlamaError(f"a sequence of {extra} tokens does not fit the context of {self.n_ctx}")
+                raise LlamaError(
+                    f"a sequence of {extra} tokens does not fit the context of {self.n_ctx} tokens: "
+                    "load the model with a larger n_ctx (the edge client's --context)"
+                )
             current.append(index)
             heads_in.add(head)
             cells += extra
