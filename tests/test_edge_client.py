@@ -66,7 +66,7 @@ def test_an_edge_client_trains_with_transformers_clients_and_imports_no_torch(tm
             assert "finished after round 2" in out.decode()
         edge_modules = imported_modules(results[2][1].decode())
         assert {"llama_cpp", "numpy", "cma", "httpx"} <= edge_modules
-        assert not edge_modules & {"torch", "transformers", "accelerate", "safetensors", "matplotlib"}
+        assert not edge_modules & {"torch", "transformers", "accelerate", "safetensors"}
         history = admin.history(job)
         assert history["status"] == "finished"
         assert all(sorted(r["parties"]) == ["party-0", "party-1", "party-2"] for r in history["rounds"])
@@ -75,3 +75,11 @@ def test_an_edge_client_trains_with_transformers_clients_and_imports_no_torch(tm
         for client in clients:
             client.kill()
         server.stop()
+
+
+def test_the_edge_client_does_not_load_matplotlib_through_cma():
+    """cma imports matplotlib.pyplot whenever it is installed (about 45 MB); the edge client never plots."""
+    check = "import sys, clients.edge, cma; assert 'matplotlib' in sys.modules; print(sys.modules['matplotlib'])"
+    result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "None"
