@@ -2,15 +2,16 @@
 # Evidence for edge clients: the same server job run twice with the same seeds and shards, once with
 # 4 transformers clients and once with 2 transformers clients + a Q8_0 and a Q4_0 llama.cpp edge client
 # (python -m clients.edge). Both final prompts are scored centrally by `fedbpt evaluate` (transformers).
-# Logs go to runs/mixed/<job kind>/. About 15 minutes on a 2-core CPU.
-#   bash scripts/mixed_federation.sh [rounds] [local iterations]
+# Logs go to runs/mixed/<job kind>/. About 15 minutes on a 2-core CPU (3 rounds).
+#   bash scripts/mixed_federation.sh [rounds] [local iterations] [quantizations of parties 2 and 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 iterations=${2:-4}
+read -r -a edge_quants <<<"${3:-q8_0 q4_0}"
 py=.venv/bin/python
 fedbpt=.venv/bin/fedbpt
-for quant in q8_0 q4_0; do "$fedbpt" models prepare smollm2-135m --quant "$quant"; done
+for quant in "${edge_quants[@]}"; do "$fedbpt" models prepare smollm2-135m --quant "$quant"; done
 port=${FEDBPT_MIXED_PORT:-8741}
 export FEDBPT_SERVER="http://127.0.0.1:$port"
 export FEDBPT_ADMIN_TOKEN=$($py -c 'import secrets; print(secrets.token_urlsafe(24))')
@@ -55,8 +56,8 @@ run_job() {  # run_job <name> <kind of party 0..3>...
 
 echo "== job 1: 4 transformers clients"
 run_job transformers transformers transformers transformers transformers
-echo "== job 2: 2 transformers clients, a Q8_0 and a Q4_0 edge client (llama.cpp)"
-run_job mixed transformers transformers q8_0 q4_0
+echo "== job 2: 2 transformers clients and 2 edge clients (llama.cpp: ${edge_quants[*]})"
+run_job mixed transformers transformers "${edge_quants[@]}"
 only=$(awk '/learned prompt/ {print $3}' runs/mixed/transformers/evaluate.txt)
 mixed=$(awk '/learned prompt/ {print $3}' runs/mixed/mixed/evaluate.txt)
 $py -c 'import sys, os; a, b = map(float, sys.argv[1:]); print(f"transformers_only={a:.4f} mixed={b:.4f} difference_points={100 * (b - a):+.2f} load_average={os.getloadavg()[0]:.2f}")' "$only" "$mixed"
