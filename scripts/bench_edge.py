@@ -85,10 +85,9 @@ def peak_rss_mb() -> float:
 def job_spec(args: argparse.Namespace) -> dict:
     """The job as a server would hand it out (made here from the GGUF file, so without torch)."""
     from fedbpt.job import make_spec
-    from fedbpt.models import load_llama_backend, prepare
+    from fedbpt.models import load_llama_backend
     from fedbpt.search import SearchConfig
 
-    prepare("smollm2-135m", args.quant)
     backend = load_llama_backend("smollm2-135m", threads=1)
     search = SearchConfig(population=5, iterations=args.iterations)
     return make_spec(backend, "smollm2-135m", "sst2", search=search, projection_alpha=0.5)
@@ -117,6 +116,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.cap_mb, json.loads(args.spec.read_text()), args)))
         return
+    from fedbpt.models import prepare
+
+    prepare("smollm2-135m", args.quant)  # once, here: no edge child's round should include re-quantizing
     spec_file = Path(tempfile.mkdtemp()) / "spec.json"
     spec_file.write_text(json.dumps(job_spec(args)))
     results = {}
