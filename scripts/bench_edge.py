@@ -6,12 +6,14 @@ re-quantized GGUF file, no torch, with its small-memory defaults: a 512-token ca
 regenerated at each step), the same with the projection kept in memory (``edge-cached``), the
 transformers client (bf16) and a backprop client (FedPrompt-style prompt tuning by gradient descent
 through the frozen model, ``fedbpt.baselines.prompt_tuning``; one epoch of batches of 8) on the same
-model, SmolLM2-135M. A round is what a party does after it has the job's spec: load the model, build the
-job's projection on the device, encode its examples, and run its local optimisation. A client that
-cannot run under the cap is run again without it, to measure what it needs. Prints peak RSS and seconds
-per round for each, and as the last line ``edge_rss_mb=<x> fedprompt_rss_mb=<y> ratio=<y/x>``.
+model (SmolLM2-135M unless ``--model`` names another packaged one). A round is what a party does after it
+has the job's spec: load the model, build the job's projection on the device, encode its examples, and run
+its local optimisation. A client that cannot run under the cap is run again without it, to measure what it
+needs. Prints peak RSS and seconds per round for each, and as the last line
+``edge_rss_mb=<x> fedprompt_rss_mb=<y> ratio=<y/x>``.
 
     .venv/bin/python scripts/bench_edge.py [--cap-mb 1024] [--quant q4_0] [--iterations 4] [--context 512]
+                                           [--model smollm2-135m]
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def child(kind: str, cap_mb: int, spec: dict, args: argparse.Namespace) -> dict:
         cache_mb = CACHED_PROJECTION_MB if kind == "edge-cached" else 0
         model = prompted_model(spec, backend, projection_cache_bytes=cache_mb * 2**20)
     else:
-        backend = load_backend("smollm2-135m", dtype="bfloat16", threads=1)
+        backend = load_backend(spec["model"]["name"], dtype="bfloat16", threads=1)
         model = prompted_model(spec, backend)
     choice = DataChoice(shard=0, shards=10, examples_per_party=args.examples, eval_examples=0)
     train, _ = party_examples(spec, choice)
@@ -88,9 +90,9 @@ def job_spec(args: argparse.Namespace) -> dict:
     from fedbpt.models import load_llama_backend
     from fedbpt.search import SearchConfig
 
-    backend = load_llama_backend("smollm2-135m", threads=1)
+    backend = load_llama_backend(args.model, threads=1)
     search = SearchConfig(population=5, iterations=args.iterations)
-    return make_spec(backend, "smollm2-135m", "sst2", search=search, projection_alpha=0.5)
+    return make_spec(backend, args.model, "sst2", search=search, projection_alpha=0.5)
 
 
 def run(kind: str, cap_mb: int, spec_file: Path, args: argparse.Namespace) -> dict:
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=4, help="CMA-ES iterations per round (FedPrompt: 1 epoch)")
     parser.add_argument("--examples", type=int, default=16)
     parser.add_argument("--context", type=int, default=512, help="edge: llama.cpp cache tokens (its --context)")
+    parser.add_argument("--model", default="smollm2-135m", help="a packaged model (fedbpt models list)")
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -118,7 +121,7 @@ def main() -> None:
         return
     from fedbpt.models import prepare
 
-    prepare("smollm2-135m", args.quant)  # once, here: no edge child's round should include re-quantizing
+    prepare(args.model, args.quant)  # once, here: no edge child's round should include re-quantizing
     spec_file = Path(tempfile.mkdtemp()) / "spec.json"
     spec_file.write_text(json.dumps(job_spec(args)))
     results = {}

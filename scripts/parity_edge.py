@@ -6,6 +6,11 @@ packaged Q4_1 file and on f16, Q8_0 and Q4_0 files re-quantized from it (``fedbp
 Each backend builds its starting prompt p0 from its own embeddings, as a party does; the projection and
 its scale are the job's. Prints prediction agreement, mean and max |logit difference| and accuracy.
 
+Then what a party's local search needs from its model: that it ranks candidates as the reference does.
+On each of the 4 Dirichlet shards of the mixed federation (``scripts/mixed_federation.sh``), 16 candidates
+(z = 0 and 15 draws at sigma 1) get the search's fitness (clean / perturbed loss) from each backend; the
+last column is the Spearman correlation of the variant's fitness with the reference's, one per shard.
+
     .venv/bin/python scripts/parity_edge.py [--examples 200] [--threads 2]
 """
 
@@ -17,8 +22,30 @@ import time
 
 import numpy as np
 
-from fedbpt.job import make_spec, prompted_model
+from clients.party import DataChoice, party_examples
+from fedbpt.job import make_spec, prompted_model, search_config
 from fedbpt.models import load_backend, prepare
+from fedbpt.objective import Objective, PromptedModel, perturb
+from fedbpt.search import party_seed
+
+SHARDS = 4
+CANDIDATES = 16
+
+
+def shard_fitness(spec: dict, model: PromptedModel, candidates: np.ndarray) -> list[np.ndarray]:
+    """The search's fitness of each candidate on each shard of the mixed federation, under ``model``."""
+    config, fitness = search_config(spec), []
+    for shard in range(SHARDS):
+        train, _ = party_examples(spec, DataChoice(shard=shard, shards=SHARDS, eval_examples=0))
+        examples = model.encode(train)
+        perturbed = perturb(examples, config.perturb_rate, model.backend.vocab_size, party_seed(spec["seed"], shard, 1))
+        labels = np.array([example.label for example in train])
+        fitness.append(Objective(model, examples, labels, config.loss, perturbed)(candidates))
+    return fitness
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.argsort().argsort(), b.argsort().argsort())[0, 1])
 
 
 def main() -> None:
@@ -38,9 +65,10 @@ def main() -> None:
     expected = model.logits(z, encoded)[0]
     seconds = time.perf_counter() - start
     print(f"transformers fp32: accuracy {(expected.argmax(-1) == labels).mean():.3f} ({seconds:.1f} s)")
-    print(
-        f"{'llama.cpp file':16s} {'agreement':>9s} {'mean|diff|':>10s} {'max|diff|':>9s} {'accuracy':>8s} {'MiB':>6s}"
-    )
+    candidates = np.vstack([np.zeros(len(z)), np.random.default_rng(1).normal(size=(CANDIDATES - 1, len(z)))])
+    reference_fitness = shard_fitness(spec, model, candidates)
+    columns = f"{'agreement':>9s} {'mean|diff|':>10s} {'max|diff|':>9s} {'accuracy':>8s} {'MiB':>6s} {'s':>5s}"
+    print(f"{'llama.cpp file':16s} {columns}  fitness rank correlation per shard")
     for variant in args.variants.split(","):
         name = "smollm2-135m" if variant == "q4_1" else f"smollm2-135m:{variant}"
         if variant != "q4_1":
@@ -55,7 +83,8 @@ def main() -> None:
         accuracy = (logits.argmax(-1) == labels).mean()
         size = os.path.getsize(backend.path) / 2**20
         figures = f"{agreement:9.3f} {difference.mean():10.4f} {difference.max():9.4f} {accuracy:8.3f} {size:6.1f}"
-        print(f"{variant:16s} {figures} {seconds:5.1f}")
+        ranks = [spearman(a, b) for a, b in zip(reference_fitness, shard_fitness(spec, edge, candidates), strict=True)]
+        print(f"{variant:16s} {figures} {seconds:5.1f}  " + " ".join(f"{rank:.2f}" for rank in ranks))
     print(f"examples={len(rows)} load_average={os.getloadavg()[0]:.2f}")
 
 
