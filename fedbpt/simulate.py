@@ -78,6 +78,13 @@ class SimulationConfig:
         )
         return max(1, min(self.parties, count))
 
+    def chosen_parties(self) -> Iterator[np.ndarray]:
+        """The sorted indices of the parties taking part in each round, drawn from the seed, so every method
+        run on this configuration (FedBPT, FedAvg-BBT, FedPrompt, FedP-tuning) trains the same parties."""
+        picker = np.random.default_rng(self.seed + 1)
+        for _ in range(self.rounds):
+            yield np.sort(picker.choice(self.parties, size=self.per_round(), replace=False))
+
 
 @dataclass
 class Party:
@@ -184,11 +191,9 @@ def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None
         f" on {len(eval_set)} held-out examples"
     )
     save()
-    picker = np.random.default_rng(config.seed + 1)
     bar = tqdm(total=config.rounds * config.per_round(), desc="local searches", unit="party")
     with finishing(results, save, bar, started):
-        for round_number in range(config.rounds):
-            chosen = np.sort(picker.choice(config.parties, size=config.per_round(), replace=False))
+        for round_number, chosen in enumerate(config.chosen_parties()):
             search_started = time.perf_counter()
             updates = []
             for index in chosen:

@@ -91,11 +91,9 @@ def run_gradient(
     results["initial_prompt_accuracy"] = accuracy(federation, parameters)
     tqdm.write(f"{method}: initial prompt {results['initial_prompt_accuracy']:.4f} on {len(federation.eval_set)}")
     save()
-    picker = np.random.default_rng(config.seed + 1)
     bar = tqdm(total=config.rounds * config.per_round(), desc=f"{method} local rounds", unit="party")
     with finishing(results, save, bar, started):
-        for round_number in range(config.rounds):
-            chosen = np.sort(picker.choice(config.parties, size=config.per_round(), replace=False))
+        for round_number, chosen in enumerate(config.chosen_parties()):
             train_started = time.perf_counter()
             trained, stats, sent = [], [], []
             for index in chosen:
