@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fedbpt.models import DEFAULT_MODEL
+from fedbpt.models import DEFAULT_MODEL, QUANTS
 
 app = typer.Typer(help="Black-box federated prompt tuning (FedBPT).", no_args_is_help=True)
 
@@ -83,7 +83,7 @@ app.add_typer(models_app, name="models")
 @models_app.command("prepare")
 def models_prepare(
     name: str = typer.Argument(..., help="packaged model name, e.g. smollm2-135m"),
-    quant: str = typer.Option(..., help="f16, q8_0 or q4_0"),
+    quant: str = typer.Option(..., help=", ".join(QUANTS)),
 ):
     """Re-quantize a packaged model's GGUF file into the model cache (llama.cpp), for edge clients."""
     from fedbpt.models import ModelNotFound, prepare
