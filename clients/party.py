@@ -19,7 +19,7 @@ from fedbpt.backends import Backend
 from fedbpt.data import Example, federated_split
 from fedbpt.job import JobMismatch, prompted_model, search_config, spec_task
 from fedbpt.models import ModelNotFound
-from fedbpt.objective import Objective, PromptedModel, perturb
+from fedbpt.objective import Objective, PromptedModel
 from fedbpt.projection import CACHE_LIMIT_BYTES
 from fedbpt.protocol import decode_vector
 from fedbpt.search import local_search, party_seed
@@ -94,8 +94,7 @@ def run_party(api: Api, spec: dict, me: dict, model: PromptedModel, choice: Data
         if not info["submitted"]:
             state = GlobalState(round_number, decode_vector(info["mean"]), info["sigma"])
             seed = party_seed(spec["seed"], me["index"], round_number)
-            perturbed = perturb(examples, config.perturb_rate, model.backend.vocab_size, seed)
-            objective = Objective(model, examples, labels, config.loss, perturbed if config.perturb_rate else None)
+            objective = Objective.for_round(model, examples, labels, config.loss, config.perturb_rate, seed)
             update = local_search(state, objective, config, seed, name, len(train)).to_dict()
             update.pop("party")
             try:

@@ -145,6 +145,21 @@ class Objective:
     loss: str = "ce"
     perturbed: list[EncodedExample] | None = None
 
+    @classmethod
+    def for_round(
+        cls,
+        model: PromptedModel,
+        examples: list[EncodedExample],
+        labels: np.ndarray,
+        loss: str,
+        perturb_rate: float,
+        seed: int,
+    ) -> Objective:
+        """A party's objective in one round: the loss ratio on this round's seeded perturbation of its
+        examples, or the plain loss when ``perturb_rate`` is 0."""
+        perturbed = perturb(examples, perturb_rate, model.backend.vocab_size, seed) if perturb_rate > 0 else None
+        return cls(model, examples, labels, loss, perturbed)
+
     def _loss(self, logits: np.ndarray) -> np.ndarray:
         return cross_entropy(logits, self.labels) if self.loss == "ce" else hinge(logits, self.labels)
 

@@ -22,7 +22,7 @@ from fedbpt import aggregate
 from fedbpt.aggregate import GlobalState
 from fedbpt.backends import PLACEMENTS, Backend, EncodedExample
 from fedbpt.data import class_histogram, federated_split
-from fedbpt.objective import Objective, PromptedModel, perturb
+from fedbpt.objective import Objective, PromptedModel
 from fedbpt.projection import Projection, projection_scale
 from fedbpt.search import SearchConfig, local_search, party_seed
 from fedbpt.tasks import resolve_task
@@ -199,10 +199,9 @@ def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None
             for index in chosen:
                 party = parties[index]
                 seed = party_seed(config.seed, int(index), round_number)
-                perturbed = None
-                if config.search.perturb_rate > 0:
-                    perturbed = perturb(party.examples, config.search.perturb_rate, backend.vocab_size, seed)
-                objective = Objective(model, party.examples, party.labels, config.search.loss, perturbed)
+                objective = Objective.for_round(
+                    model, party.examples, party.labels, config.search.loss, config.search.perturb_rate, seed
+                )
                 updates.append(local_search(state, objective, config.search, seed, party.name, len(party.labels)))
                 bar.update()
             search_seconds = time.perf_counter() - search_started

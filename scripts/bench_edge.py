@@ -47,7 +47,7 @@ def child(kind: str, cap_mb: int, spec: dict, args: argparse.Namespace) -> dict:
     from fedbpt.aggregate import GlobalState
     from fedbpt.job import prompted_model, search_config
     from fedbpt.models import load_backend
-    from fedbpt.objective import Objective, perturb
+    from fedbpt.objective import Objective
     from fedbpt.search import local_search, party_seed
 
     start = time.perf_counter()
@@ -70,8 +70,7 @@ def child(kind: str, cap_mb: int, spec: dict, args: argparse.Namespace) -> dict:
     else:
         config = search_config(spec)
         seed = party_seed(spec["seed"], 0, 1)
-        perturbed = perturb(examples, config.perturb_rate, backend.vocab_size, seed)
-        objective = Objective(model, examples, labels, config.loss, perturbed)
+        objective = Objective.for_round(model, examples, labels, config.loss, config.perturb_rate, seed)
         local_search(GlobalState.initial(model.projection.dim, 1.0), objective, config, seed, "bench", len(train))
     done = time.perf_counter()
     return {"rss_mb": peak_rss_mb(), "round_s": done - start, "search_s": done - loaded}

@@ -25,7 +25,7 @@ import numpy as np
 from clients.party import DataChoice, party_examples
 from fedbpt.job import make_spec, prompted_model, search_config
 from fedbpt.models import load_backend, prepare
-from fedbpt.objective import Objective, PromptedModel, perturb
+from fedbpt.objective import Objective, PromptedModel
 from fedbpt.search import party_seed
 
 SHARDS = 4
@@ -38,9 +38,9 @@ def shard_fitness(spec: dict, model: PromptedModel, candidates: np.ndarray) -> l
     for shard in range(SHARDS):
         train, _ = party_examples(spec, DataChoice(shard=shard, shards=SHARDS, eval_examples=0))
         examples = model.encode(train)
-        perturbed = perturb(examples, config.perturb_rate, model.backend.vocab_size, party_seed(spec["seed"], shard, 1))
         labels = np.array([example.label for example in train])
-        fitness.append(Objective(model, examples, labels, config.loss, perturbed)(candidates))
+        seed = party_seed(spec["seed"], shard, 1)
+        fitness.append(Objective.for_round(model, examples, labels, config.loss, config.perturb_rate, seed)(candidates))
     return fitness
 
 

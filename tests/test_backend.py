@@ -92,6 +92,15 @@ def test_perturbed_fitness_is_clean_loss_over_perturbed_loss(backend, loss, func
     np.testing.assert_allclose(Objective(model, encoded, labels, loss)(z), function(model.logits(z, encoded), labels))
 
 
+def test_a_rounds_objective_perturbs_with_its_seed_unless_the_rate_is_zero(backend):
+    model = prompted(backend)
+    encoded = model.encode(EXAMPLES[:8])
+    labels = np.array([example.label for example in EXAMPLES[:8]])
+    assert Objective.for_round(model, encoded, labels, "ce", 0.0, 3).perturbed is None
+    objective = Objective.for_round(model, encoded, labels, "hinge", 0.5, 3)
+    assert objective.perturbed == perturb(encoded, 0.5, backend.vocab_size, 3) and objective.loss == "hinge"
+
+
 def test_after_placement_needs_words_after_the_text(backend):
     task = builtin_task("sst2")
     bare = type(task)(
