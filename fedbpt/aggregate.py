@@ -1,45 +1,26 @@
-"""Server aggregation as pure functions: (global state, client updates) -> next global state.
+"""Server aggregation as small pure functions over the parties' reports of one search round.
 
 Nothing here keeps hidden state or touches the network: the simulator and the server call the same
-functions, and the same inputs in the same order always give the same output. States and updates
-are plain JSON (vectors as base64 float32, as on the wire); no pickle anywhere.
+functions, and the same reports in any order give the same result. The round policy around them (the
+start round, best-so-far, backtracking) is in ``fedbpt.rounds``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
-from cma.recombination_weights import RecombinationWeights
 
 from fedbpt.protocol import decode_vector, encode_vector
 
-SIGMA_RULES = ("code", "paper")
 MAX_NORM = 1e4
 MAX_SIGMA = 1e3
+MAX_LOSS = 1e6
 
 
 class InvalidUpdate(ValueError):
-    """An update the server must refuse; the message is the reason."""
-
-
-@dataclass(frozen=True)
-class GlobalState:
-    round: int
-    mean: np.ndarray
-    sigma: float
-
-    @classmethod
-    def initial(cls, dim: int, sigma0: float) -> GlobalState:
-        return cls(0, np.zeros(dim), float(sigma0))
-
-    def to_dict(self) -> dict:
-        return {"round": self.round, "mean": encode_vector(self.mean), "sigma": self.sigma}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GlobalState:
-        return cls(int(data["round"]), decode_vector(data["mean"]), float(data["sigma"]))
+    """A report the server must refuse; the message is the reason."""
 
 
 @dataclass(frozen=True)
@@ -48,140 +29,164 @@ class Update:
 
     party: str
     round: int
+    loss: float  # calibrated training loss of the round's global prompt (the mean the search started from)
     mean: np.ndarray
     sigmas: tuple[float, ...]  # the local step size before each local iteration
     sigma: float  # the local step size after the last iteration
-    fitness: float  # loss of the local mean (lower is better)
+    fitness: float  # the local objective at the local mean (lower is better)
     n_examples: int
     evaluations: int = 0
     seconds: float = 0.0
 
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["mean"] = encode_vector(self.mean)
-        data["sigmas"] = list(self.sigmas)
-        return data
+    def to_dict(self, wire: str = "float32") -> dict:
+        return {**asdict(self), "mean": encode_vector(self.mean, wire), "sigmas": list(self.sigmas)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> Update:
-        """Parse a wire update; a missing or unknown field, or a bad vector, is an InvalidUpdate."""
-        expected = {field.name for field in fields(cls)}
-        if (
-            not isinstance(data, dict)
-            or not {"party", "round", "mean", "sigmas", "sigma", "fitness", "n_examples"} <= set(data) <= expected
-        ):
-            raise InvalidUpdate(f"an update needs the fields {sorted(expected)} (evaluations and seconds optional)")
+    def from_dict(cls, data: dict, wire: str = "float32") -> Update:
+        """Parse a stored or wire update; a missing or unknown field, or a bad vector, is an InvalidUpdate."""
+        required = {"party", "round", "loss", "mean", "sigmas", "sigma", "fitness", "n_examples"}
+        if not isinstance(data, dict) or not required <= set(data) <= {field.name for field in fields(cls)}:
+            raise InvalidUpdate(f"an update needs the fields {sorted(required)} (evaluations and seconds optional)")
         try:
-            mean = decode_vector(data["mean"])
+            mean = decode_vector(data["mean"], wire)
             sigmas = tuple(float(s) for s in data["sigmas"])
         except (TypeError, ValueError) as error:
             raise InvalidUpdate(f"malformed mean or sigmas: {error}") from None
         return cls(**{**data, "mean": mean, "sigmas": sigmas})
 
 
+@dataclass(frozen=True)
+class Scores:
+    """What one party sends in a scoring round: its training loss of each candidate prompt."""
+
+    party: str
+    round: int
+    losses: tuple[float, ...]
+    n_examples: int
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "losses": list(self.losses)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Scores:
+        return cls(**{**data, "losses": tuple(float(loss) for loss in data["losses"])})
+
+
 def _is_integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate(state: GlobalState, update: Update) -> None:
-    """Raise InvalidUpdate with a reason if the update cannot be aggregated into this state."""
-    dim = len(state.mean)
+def _check_loss(name: str, value: object) -> None:
+    if not (_is_integer(value) or isinstance(value, float)) or not 0 <= value <= MAX_LOSS:
+        raise InvalidUpdate(f"{name} must be a finite number in [0, {MAX_LOSS:g}], got {value!r}")
+
+
+def _check_examples(n_examples: object) -> None:
+    if not _is_integer(n_examples) or n_examples < 1:
+        raise InvalidUpdate(f"n_examples must be a positive integer, got {n_examples!r}")
+
+
+def validate_update(update: Update, dim: int, iterations: int) -> None:
+    """Raise InvalidUpdate with a reason if the update cannot be aggregated (its round is the caller's check)."""
     mean = np.asarray(update.mean)
-    if not _is_integer(update.round):
-        raise InvalidUpdate(f"round must be an integer, got {update.round!r}")
-    if update.round != state.round:
-        raise InvalidUpdate(
-            f"update from {update.party!r} is for round {update.round}, the open round is {state.round}"
-        )
     if mean.shape != (dim,):
         raise InvalidUpdate(f"mean has shape {mean.shape}, expected ({dim},)")
     if not np.all(np.isfinite(mean)):
         raise InvalidUpdate("mean contains NaN or infinite values")
-    if np.linalg.norm(mean) > MAX_NORM:
-        raise InvalidUpdate(f"mean norm {np.linalg.norm(mean):.3g} exceeds the bound {MAX_NORM:g}")
+    norm = float(np.linalg.norm(mean))
+    if norm > MAX_NORM:
+        raise InvalidUpdate(f"mean norm {norm:.6g} exceeds the bound {MAX_NORM:g}")
+    if not 1 <= len(update.sigmas) <= iterations:
+        raise InvalidUpdate(f"sigmas has {len(update.sigmas)} entries; send one per local iteration (1-{iterations})")
     sigmas = np.asarray((*update.sigmas, update.sigma), dtype=float)
-    if len(update.sigmas) == 0:
-        raise InvalidUpdate("sigmas is empty: send the local step size of every local iteration")
     if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0) or np.any(sigmas > MAX_SIGMA):
         raise InvalidUpdate(f"every sigma must be finite, positive and at most {MAX_SIGMA:g}")
     if not (_is_integer(update.fitness) or isinstance(update.fitness, float)) or not math.isfinite(update.fitness):
         raise InvalidUpdate("fitness must be a finite number")
-    if not _is_integer(update.n_examples) or update.n_examples < 1:
-        raise InvalidUpdate(f"n_examples must be a positive integer, got {update.n_examples!r}")
+    _check_loss("loss", update.loss)
+    _check_examples(update.n_examples)
 
 
-def _checked(state: GlobalState, updates: list[Update]) -> list[Update]:
-    if not updates:
-        raise InvalidUpdate("no updates to aggregate")
-    parties = [update.party for update in updates]
+def validate_scores(scores: Scores, candidates: int) -> None:
+    if len(scores.losses) != candidates:
+        raise InvalidUpdate(f"losses has {len(scores.losses)} entries; this round scores {candidates} candidates")
+    for loss in scores.losses:
+        _check_loss("every loss", loss)
+    _check_examples(scores.n_examples)
+
+
+def distinct_parties(reports: list) -> None:
+    if not reports:
+        raise InvalidUpdate("no reports to aggregate")
+    parties = [report.party for report in reports]
     if len(set(parties)) != len(parties):
-        raise InvalidUpdate("more than one update from the same party")
-    for update in updates:
-        validate(state, update)
-    # Rank by fitness; the party name breaks ties so the result never depends on arrival order.
-    return sorted(updates, key=lambda update: (update.fitness, update.party))
+        raise InvalidUpdate("more than one report from the same party")
 
 
-def server_sigma(ranked: list[Update], rule: str, local_population: int) -> float:
+def pooled(values: list[float], n_examples: list[int]) -> float:
+    """The example-weighted mean: what the value would be on all the parties' examples together."""
+    return float(np.average(values, weights=n_examples))
+
+
+def log_weights(count: int) -> np.ndarray:
+    """CMA-ES's positive recombination weights for the best ``count`` of a ranked population."""
+    weights = np.log(count + 0.5) - np.log(np.arange(1, count + 1))
+    return weights / weights.sum()
+
+
+def recombination(updates: list[Update], ranking: str) -> tuple[list[Update], np.ndarray]:
+    """The updates that enter the new mean, best first, and their weights (summing to 1).
+
+    - ``fitness``: FedBPT's rule in this project so far: rank by self-reported fitness, recombine the better
+      half with CMA-ES weights (a party with 2 examples can lead a round).
+    - ``all``: the released code's rule: rank by fitness, recombine every mean (its server's CMA_mu).
+    - ``examples``: rank by fitness, recombine every mean, each rank weight times the party's examples:
+      the ranking still steers, but a party's say grows with the evidence behind its fitness.
+    """
+    ranked = sorted(updates, key=lambda update: (update.fitness, update.party))  # the name breaks ties
+    if ranking == "fitness":
+        chosen = ranked[: max(1, len(ranked) // 2)]
+        return chosen, log_weights(len(chosen))
+    if ranking == "all":
+        return ranked, log_weights(len(ranked))
+    if ranking == "examples":
+        weights = log_weights(len(ranked)) * np.array([update.n_examples for update in ranked], dtype=float)
+        return ranked, weights / weights.sum()
+    raise ValueError(f"unknown ranking {ranking!r}")
+
+
+def server_sigma(updates: list[Update], rule: str, local_population: int, better: int) -> float:
     """The released code's rule: sqrt(sum over all parties of sum_i sigma_i^2 / (|S| * mu_local)).
 
-    The paper's rule: 2 * sqrt(sum over the better half of parties of sum_i sigma_i^2 / (|S| * lambda_local)).
+    The paper's rule: 2 * sqrt(sum over the ``better`` best parties of sum_i sigma_i^2 / (|S| * lambda_local)).
     """
-    squares = [float(np.sum(np.square(update.sigmas))) for update in ranked]
+    squares = [float(np.sum(np.square(update.sigmas))) for update in updates]
     if rule == "code":
-        return math.sqrt(sum(squares) / (len(ranked) * RecombinationWeights(local_population).mu))
+        return math.sqrt(sum(squares) / (len(updates) * (local_population // 2)))
     if rule == "paper":
-        better = squares[: max(1, len(ranked) // 2)]
-        return 2.0 * math.sqrt(sum(better) / (len(ranked) * local_population))
-    raise ValueError(f"unknown sigma rule {rule!r}; use one of {SIGMA_RULES}")
+        return 2.0 * math.sqrt(sum(squares[:better]) / (len(updates) * local_population))
+    raise ValueError(f"unknown step rule {rule!r}")
 
 
 def fedbpt(
-    state: GlobalState,
-    updates: list[Update],
-    sigma_rule: str = "code",
-    local_population: int = 5,
-    sigma_floor: float = 0.0,
-) -> GlobalState:
-    """FedBPT: the parties' means are the server CMA-ES population, ranked by fitness.
+    sigma: float, updates: list[Update], ranking: str, rule: str, local_population: int
+) -> tuple[np.ndarray, float]:
+    """FedBPT: the parties' means are the server CMA-ES population, ranked by fitness; (mean, sigma).
 
-    The new mean is CMA-ES's rank-weighted recombination of the better half of the means (pycma's
-    default positive weights for population = number of parties). The step size follows
-    ``sigma_rule``; as in the released code, it never grows from one round to the next (both rules
-    alone would grow it by about sqrt(local iterations / mu) every round) and never falls below
-    ``sigma_floor``.
+    The step follows ``rule``; as in the released code, it never grows from one round to the next (both
+    rules alone would grow it by about sqrt(local iterations / mu) every round).
     """
-    ranked = _checked(state, updates)
-    weights = np.asarray([1.0] if len(ranked) == 1 else RecombinationWeights(len(ranked)).positive_weights)
-    mean = np.sum(weights[:, None] * np.stack([update.mean for update in ranked[: len(weights)]]), axis=0)
-    sigma = max(min(server_sigma(ranked, sigma_rule, local_population), state.sigma), sigma_floor)
-    return replace(state, round=state.round + 1, mean=mean, sigma=sigma)
+    chosen, weights = recombination(updates, ranking)
+    mean = np.sum(weights[:, None] * np.stack([update.mean for update in chosen]), axis=0)
+    ranked = sorted(updates, key=lambda update: (update.fitness, update.party))
+    return mean, min(server_sigma(ranked, rule, local_population, len(chosen)), sigma)
 
 
-def fedavg(state: GlobalState, updates: list[Update]) -> GlobalState:
-    """FedAvg-BBT: the example-weighted average of the parties' means and final step sizes."""
-    ranked = _checked(state, updates)
-    weights = np.array([update.n_examples for update in ranked], dtype=float)
+def fedavg(updates: list[Update]) -> tuple[np.ndarray, float]:
+    """FedAvg-BBT: the example-weighted average of the parties' means and final step sizes; (mean, sigma)."""
+    ordered = sorted(updates, key=lambda update: update.party)
+    weights = np.array([update.n_examples for update in ordered], dtype=float)
     weights /= weights.sum()
-    mean = np.sum(weights[:, None] * np.stack([update.mean for update in ranked]), axis=0)
-    sigma = float(np.dot(weights, [update.sigma for update in ranked]))
-    return replace(state, round=state.round + 1, mean=mean, sigma=sigma)
-
-
-AGGREGATORS = ("fedbpt", "fedavg")
-
-
-def apply(
-    aggregator: str,
-    state: GlobalState,
-    updates: list[Update],
-    sigma_rule: str = "code",
-    local_population: int = 5,
-    sigma_floor: float = 0.0,
-) -> GlobalState:
-    """The next state under the named rule; what the simulator and the server both call."""
-    if aggregator == "fedavg":
-        return fedavg(state, updates)
-    if aggregator == "fedbpt":
-        return fedbpt(state, updates, sigma_rule, local_population, sigma_floor)
-    raise ValueError(f"unknown aggregator {aggregator!r}; use one of {AGGREGATORS}")
+    mean = np.sum(weights[:, None] * np.stack([update.mean for update in ordered]), axis=0)
+    return mean, float(np.dot(weights, [update.sigma for update in ordered]))

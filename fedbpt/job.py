@@ -1,19 +1,24 @@
-"""A federated job's spec: what every party must agree on, and how a party rebuilds its model from it.
+"""A job's spec meets a loaded model: pinning the spec to it, and a party's model rebuilt (and checked) from it.
 
-The spec is plain JSON, created once by the administrator's side (which loads the model to pin the
-projection's scale and fingerprint) and served by the server to every party. A party checks its own
-model and projection against it before doing any work, and a downloaded prompt carries the same
-fields, so ``fedbpt predict`` can rebuild the soft prompt anywhere.
+The administrator's side pins the spec once (``pin``: the model's identity, the projection's scale and
+fingerprint); every party checks its own model and projection against the pins before doing any work. A
+downloaded prompt carries the same spec, so ``fedbpt predict`` can rebuild the soft prompt anywhere.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from fedbpt.backends import Backend
 from fedbpt.objective import PromptedModel
 from fedbpt.projection import CACHE_LIMIT_BYTES, Projection, projection_scale
-from fedbpt.search import SearchConfig
+from fedbpt.protocol import decode_vector, encode_vector
+from fedbpt.spec import JobSpec, ModelSpec, SpecError, from_dict, to_dict
 from fedbpt.tasks import Task, resolve_task, task_from_dict
 
 
@@ -21,93 +26,114 @@ class JobMismatch(ValueError):
     """This party's model or projection differs from the job's; the message says how."""
 
 
-def make_spec(
-    backend: Backend,
-    model_name: str,
-    task: str | dict = "sst2",
-    rounds: int = 10,
-    parties_per_round: int = 3,
-    quorum: int | None = None,
-    round_deadline_s: float = 600.0,
-    search: SearchConfig | None = None,
-    aggregator: str = "fedbpt",
-    sigma_rule: str = "code",
-    sigma0: float = 1.0,
-    sigma_floor: float = 0.5,
-    projection_alpha: float = 0.5,
-    dim: int = 500,
-    n_tokens: int = 50,
-    placement: str = "before",
-    seed: int = 42,
-    name: str = "",
-) -> dict:
-    """A job spec for the loaded model; the projection's scale and fingerprint are pinned here."""
-    search = search or SearchConfig()
-    scale = projection_scale(backend.embedding_std(), dim, sigma0, projection_alpha)
-    projection = Projection(seed, dim, n_tokens, backend.hidden_size, scale)
-    return {
-        "name": name,
-        "task": task,
-        "model": {"name": model_name, "identity": backend.identity, "hidden_size": backend.hidden_size},
-        "projection": {
-            "seed": seed,
-            "dim": dim,
-            "n_tokens": n_tokens,
-            "scale": scale,
-            "fingerprint": projection.fingerprint(),
-        },
-        "placement": placement,
-        "search": {
-            "population": search.population,
-            "iterations": search.iterations,
-            "loss": search.loss,
-            "perturb_rate": search.perturb_rate,
-        },
-        "aggregator": aggregator,
-        "sigma_rule": sigma_rule,
-        "sigma0": sigma0,
-        "sigma_floor": sigma_floor,
-        "rounds": rounds,
-        "parties_per_round": parties_per_round,
-        "quorum": quorum or parties_per_round,
-        "round_deadline_s": round_deadline_s,
-        "seed": seed,
-    }
+def pin(spec: JobSpec, backend: Backend) -> JobSpec:
+    """The spec with the loaded model's identity and the projection's scale and fingerprint filled in."""
+    scale = projection_scale(backend.embedding_std(), spec.prompt.dim)
+    projection = Projection(spec.seed, spec.prompt.dim, spec.prompt.n_tokens, backend.hidden_size, scale)
+    model = ModelSpec(spec.model.name, backend.identity, backend.hidden_size)
+    prompt = dataclasses.replace(spec.prompt, scale=scale, fingerprint=projection.fingerprint())
+    return dataclasses.replace(spec, model=model, prompt=prompt)
 
 
-def spec_task(spec: dict, data_dir: Path = Path(".")) -> Task:
-    """The job's task: a built-in name, or a task file's content whose data paths are under ``data_dir``."""
-    if isinstance(spec["task"], dict):
-        return task_from_dict(spec["task"], Path(data_dir), f"the job's task file (data under {data_dir})")
-    return resolve_task(spec["task"])
-
-
-def search_config(spec: dict) -> SearchConfig:
-    return SearchConfig(**spec["search"])
+def spec_task(spec: JobSpec, data_dir: Path | None = None) -> Task:
+    """The job's task: a built-in name, a task file's path, or a task file's content whose data paths are under
+    ``data_dir`` (by default the current folder)."""
+    if isinstance(spec.task, dict):
+        folder = Path(data_dir or ".")
+        return task_from_dict(spec.task, folder, f"the job's task file (data under {folder})")
+    return resolve_task(spec.task)
 
 
 def prompted_model(
-    spec: dict, backend: Backend, data_dir: Path = Path("."), projection_cache_bytes: int = CACHE_LIMIT_BYTES
+    spec: JobSpec,
+    backend: Backend,
+    data_dir: Path | None = None,
+    projection_cache_bytes: int = CACHE_LIMIT_BYTES,
+    task: Task | None = None,
 ) -> PromptedModel:
-    """This party's PromptedModel for the job, after checking that model and projection match it.
-
-    ``projection_cache_bytes`` bounds the projection blocks kept in memory (0: regenerate them on each call).
-    """
-    expected = spec["model"]
-    if backend.identity != expected["identity"] or backend.hidden_size != expected["hidden_size"]:
+    """This party's PromptedModel for the job (pinning an unpinned spec first), after checking that its model
+    and projection match the pins. ``projection_cache_bytes`` bounds the projection blocks kept in memory (0:
+    regenerate them on each call)."""
+    expected = spec.model
+    if spec.pinned and (backend.identity != expected.identity or backend.hidden_size != expected.hidden_size):
         raise JobMismatch(
-            f"the job uses model {expected['name']!r} (identity {expected['identity']}: family, hidden size and "
+            f"the job uses model {expected.name!r} (identity {expected.identity}: family, hidden size and "
             f"tokenizer), this party loaded {backend.identity}, a different base model. Any precision of the "
-            f"job's model works (transformers, or a GGUF file such as {expected['name']}:q4_0 on an edge "
-            f"client); start it with --model {expected['name']}"
+            f"job's model works (transformers, or a GGUF file such as {expected.name}:q4_0 on an edge "
+            f"client); start it with --model {expected.name}"
         )
-    recipe = spec["projection"]
+    scale = spec.prompt.scale if spec.pinned else projection_scale(backend.embedding_std(), spec.prompt.dim)
     projection = Projection(
-        recipe["seed"], recipe["dim"], recipe["n_tokens"], backend.hidden_size, recipe["scale"], projection_cache_bytes
+        spec.seed, spec.prompt.dim, spec.prompt.n_tokens, backend.hidden_size, scale, projection_cache_bytes
     )
-    if projection.fingerprint() != recipe["fingerprint"]:
+    if spec.pinned and projection.fingerprint() != spec.prompt.fingerprint:
         raise JobMismatch(
-            f"projection fingerprint {projection.fingerprint()} differs from the job's {recipe['fingerprint']}: "
+            f"projection fingerprint {projection.fingerprint()} differs from the job's {spec.prompt.fingerprint}: "
             "this installation generates different random projections; upgrade fedbpt to the server's version"
         )
-    return PromptedModel.build(backend, spec_task(spec, data_dir), projection, spec["placement"])
+    return PromptedModel.build(
+        backend,
+        task or spec_task(spec, data_dir),
+        projection,
+        spec.prompt.placement,
+        spec.prompt.calibrate,
+        spec.prompt.starts[0],
+        spec.seed,
+    )
+
+
+class PromptFileError(ValueError):
+    """A file that is not a prompt file; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class LearnedPrompt:
+    """A learned prompt and what rebuilds it anywhere: the job's spec, its chosen start and z."""
+
+    spec: JobSpec
+    start: str
+    z: np.ndarray
+    round: int  # the prompt after this round
+    loss: float | None  # its pooled training loss
+    job: str = ""
+
+    def to_dict(self) -> dict:
+        return {
+            "job": self.job,
+            "round": self.round,
+            "loss": self.loss,
+            "start": self.start,
+            "z": encode_vector(self.z),
+            "spec": to_dict(self.spec),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, origin: str = "prompt") -> LearnedPrompt:
+        keys = {"job", "round", "loss", "start", "z", "spec"}
+        if not isinstance(data, dict) or not {"start", "z", "spec"} <= set(data) <= keys:
+            raise PromptFileError(
+                f"{origin} is not a prompt file: it needs the keys {sorted(keys)} (write one with 'fedbpt job "
+                "prompt' or 'fedbpt simulate')"
+            )
+        try:
+            spec = from_dict(data["spec"])
+            z = decode_vector(data["z"])
+        except (SpecError, ValueError) as error:
+            raise PromptFileError(f"{origin}: {error}") from None
+        if z.shape != (spec.prompt.dim,) or data["start"] not in spec.prompt.starts:
+            raise PromptFileError(f"{origin}: z or start does not fit the prompt's spec")
+        return cls(spec, data["start"], z, int(data.get("round", 0)), data.get("loss"), data.get("job", ""))
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> LearnedPrompt:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as error:
+            raise PromptFileError(f"cannot read {path}: {error.strerror}") from None
+        except json.JSONDecodeError as error:
+            raise PromptFileError(f"{path} is not JSON: {error}") from None
+        return cls.from_dict(data, str(path))

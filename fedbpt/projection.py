@@ -38,9 +38,13 @@ def unit_normal_block(seed: int, token: int, hidden: int, dim: int) -> np.ndarra
     return (np.round(normals / GRID) * GRID).astype(np.float32).reshape(hidden, dim)
 
 
-def projection_scale(embedding_std: float, dim: int, sigma0: float, alpha: float = 1.0) -> float:
-    """BBT's scale s = alpha * std(word embeddings) / (sqrt(d) * sigma0)."""
-    return float(alpha * embedding_std / (np.sqrt(dim) * sigma0))
+def projection_scale(embedding_std: float, dim: int) -> float:
+    """BBT's scale s = std(word embeddings) / sqrt(d) (its alpha = 1, sigma0 = 1).
+
+    A step sigma in z then moves each prompt coordinate by about ``sigma * std``: the job's ``search.step`` is
+    that displacement in units of the embeddings' spread.
+    """
+    return float(embedding_std / np.sqrt(dim))
 
 
 @dataclass

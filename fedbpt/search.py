@@ -1,35 +1,28 @@
-"""One party's local search: CMA-ES from the global (mean, sigma), in pycma's ask/tell shape.
+"""One party's work in a round: score candidates, or search locally from the global (mean, step).
 
-The search never loads a model: it asks an objective (population -> losses) for fitness values, so
-the same code runs in the simulator, in the HTTP client and on an edge device.
+The local search is CMA-ES in pycma's ask/tell shape: it never loads a model, it asks an objective
+(population -> losses) for fitness values, so the same code runs in the simulator, in the HTTP client and
+on an edge device. ``zo_search`` is the forward-gradient baseline (zeroth-order SGD, as MeZO and FwdLLM tune
+without backpropagation) on the same objective with the same number of queries per iteration or fewer.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import cma
 import numpy as np
 
-from fedbpt.aggregate import GlobalState, Update
+from fedbpt import rounds
+from fedbpt.aggregate import Scores, Update
+from fedbpt.backends import EncodedExample
+from fedbpt.objective import Objective, PromptedModel
+from fedbpt.protocol import on_wire
+from fedbpt.rounds import GlobalState
+from fedbpt.spec import JobSpec, SearchSpec
 
-
-@dataclass(frozen=True)
-class SearchConfig:
-    population: int = 5
-    iterations: int = 8
-    loss: str = "ce"
-    perturb_rate: float = 0.5  # 0 turns FedBPT's perturbed-loss ratio off
-
-    def __post_init__(self) -> None:
-        if self.population < 2 or self.iterations < 1:
-            raise ValueError("population must be at least 2 and iterations at least 1")
-        if self.loss not in ("ce", "hinge"):
-            raise ValueError(f"loss must be 'ce' or 'hinge', got {self.loss!r}")
-        if not 0.0 <= self.perturb_rate < 1.0:
-            raise ValueError(f"perturb_rate must be in [0, 1), got {self.perturb_rate}")
+Loss = Callable[[np.ndarray], np.ndarray]
 
 
 def party_seed(job_seed: int, party: int, round_number: int) -> int:
@@ -38,39 +31,86 @@ def party_seed(job_seed: int, party: int, round_number: int) -> int:
     return int(state % (2**31 - 2)) + 1  # pycma treats seed 0 as "random"
 
 
-def local_search(
-    state: GlobalState,
-    objective: Callable[[np.ndarray], np.ndarray],
-    config: SearchConfig,
-    seed: int,
-    party: str,
-    n_examples: int,
-) -> Update:
-    """Run ``config.iterations`` CMA-ES generations and report the local mean and its fitness."""
-    started = time.perf_counter()
+def cma_search(mean: np.ndarray, sigma: float, objective: Loss, search: SearchSpec, seed: int):
+    """``search.iterations`` CMA-ES generations: (local mean, step before each generation, final step, queries)."""
     es = cma.CMAEvolutionStrategy(
-        np.asarray(state.mean, dtype=float),
-        state.sigma,
-        {"popsize": config.population, "seed": seed, "verbose": -9, "maxiter": config.iterations},
+        np.asarray(mean, dtype=float),
+        sigma,
+        {"popsize": search.population, "seed": seed, "verbose": -9, "maxiter": search.iterations},
     )
     sigmas = []
-    evaluations = 0
-    for _ in range(config.iterations):
+    for _ in range(search.iterations):
         sigmas.append(float(es.sigma))
         candidates = es.ask()
-        losses = objective(np.asarray(candidates))
-        evaluations += len(candidates)
-        es.tell(candidates, [float(loss) for loss in losses])
-    mean = np.asarray(es.mean, dtype=float)
+        es.tell(candidates, [float(loss) for loss in objective(np.asarray(candidates))])
+    return np.asarray(es.mean, dtype=float), tuple(sigmas), float(es.sigma), search.iterations * search.population
+
+
+def zo_search(mean: np.ndarray, sigma: float, objective: Loss, search: SearchSpec, seed: int):
+    """Zeroth-order SGD: each iteration averages ``population // 2`` antithetic finite differences along random
+    directions, with ``sigma`` as the difference's step, and moves ``learning_rate`` times the estimate."""
+    rng = np.random.default_rng(seed)
+    z = np.asarray(mean, dtype=float).copy()
+    pairs = max(1, search.population // 2)
+    for _ in range(search.iterations):
+        directions = rng.standard_normal((pairs, len(z)))
+        losses = objective(np.concatenate([z + sigma * directions, z - sigma * directions]))
+        slopes = (losses[:pairs] - losses[pairs:]) / (2 * sigma)
+        z -= search.learning_rate * (slopes[:, None] * directions).mean(axis=0)
+    return z, (sigma,) * search.iterations, sigma, search.iterations * 2 * pairs
+
+
+SEARCHES = {"cma-es": cma_search, "zo-sgd": zo_search}
+
+
+def local_search(
+    state: GlobalState, objective: Loss, search: SearchSpec, seed: int, party: str, n_examples: int, loss: float,
+    wire: str = "float32",
+) -> Update:
+    """Search from the global state and report the local mean (rounded to the wire) and its fitness."""
+    started = time.perf_counter()
+    mean, sigmas, sigma, queries = SEARCHES[search.method](state.mean, state.sigma, objective, search, seed)
+    mean = on_wire(mean, wire)
     fitness = float(objective(mean[None])[0])
     return Update(
         party=party,
         round=state.round,
+        loss=loss,
         mean=mean,
-        sigmas=tuple(sigmas),
-        sigma=float(es.sigma),
+        sigmas=sigmas,
+        sigma=sigma,
         fitness=fitness,
         n_examples=n_examples,
-        evaluations=evaluations + 1,
+        evaluations=queries + 1,
         seconds=time.perf_counter() - started,
     )
+
+
+def respond(
+    spec: JobSpec,
+    state: GlobalState,
+    model: PromptedModel,
+    examples: list[EncodedExample],
+    labels: np.ndarray,
+    party_index: int,
+    party: str,
+) -> Update | Scores:
+    """This party's report for the open round: its losses of the start candidates (round 0), its update
+    (a search round), or its loss of the last prompt (the final round). All losses are on its training data."""
+    started = time.perf_counter()
+    kind = rounds.kind(spec, state)
+    if kind == "start":
+        zero = np.zeros((1, spec.prompt.dim))
+        losses = tuple(
+            float(model.with_start(start).loss(zero, examples, labels, spec.search.loss)[0])
+            for start in spec.prompt.starts
+        )
+        return Scores(party, state.round, losses, len(labels), time.perf_counter() - started)
+    if model.start != state.start:
+        model = model.with_start(state.start)
+    loss = float(model.loss(state.mean[None], examples, labels, spec.search.loss)[0])
+    if kind == "final":
+        return Scores(party, state.round, (loss,), len(labels), time.perf_counter() - started)
+    seed = party_seed(spec.seed, party_index, state.round)
+    objective = Objective.for_round(model, examples, labels, spec.search.loss, spec.search.perturb_rate, seed)
+    return local_search(state, objective, spec.search, seed, party, len(labels), loss, spec.wire)

@@ -1,112 +1,43 @@
 """Many parties in one process sharing one loaded model: FedBPT experiments without a network.
 
-Each round, the chosen parties run ``search.local_search`` from the global state on their own
-examples and ``aggregate`` merges their updates, exactly as the server and clients do. The results
-JSON is rewritten after every round, so an interrupted run (Ctrl-C) still leaves a usable file.
+Each round, the round's parties answer it with ``search.respond`` on their own examples and
+``rounds.close`` merges their reports, exactly as the clients and the server do. The results JSON is
+rewritten after every round, so an interrupted run (Ctrl-C) still leaves a usable file.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from fedbpt import aggregate
-from fedbpt.aggregate import GlobalState
-from fedbpt.backends import PLACEMENTS, Backend, EncodedExample
+from fedbpt import rounds
+from fedbpt.backends import Backend, EncodedExample
 from fedbpt.data import class_histogram, federated_split
-from fedbpt.objective import Objective, PromptedModel
-from fedbpt.projection import Projection, projection_scale
-from fedbpt.search import SearchConfig, local_search, party_seed
-from fedbpt.tasks import resolve_task
-
-
-@dataclass(frozen=True)
-class SimulationConfig:
-    task: str = "sst2"
-    model: str = "smollm2-135m"
-    dtype: str = "bfloat16"
-    parties: int = 10
-    rounds: int = 10
-    parties_per_round: float = 1.0  # a fraction of the parties (<= 1) or a count (> 1)
-    examples_per_party: int = 16  # the training pool is parties * examples_per_party seeded draws
-    partition: str = "dirichlet"
-    alpha: float = 1.0
-    aggregator: str = "fedbpt"
-    sigma_rule: str = "code"
-    sigma0: float = 1.0
-    # BBT's alpha: the prompt's step relative to the embeddings' spread. The papers use 1.0; with our
-    # good starting prompt, 12 CMA-ES iterations at 1.0 did not lower the training loss, 0.5 did.
-    projection_alpha: float = 0.5
-    sigma_floor: float = 0.5  # the released code's floor for the broadcast step size
-    dim: int = 500
-    n_tokens: int = 50
-    placement: str = "before"
-    search: SearchConfig = field(default_factory=SearchConfig)
-    eval_every: int = 1
-    eval_examples: int = 0  # 0 scores the whole held-out set
-    seed: int = 42
-
-    def __post_init__(self) -> None:
-        if self.partition not in ("iid", "dirichlet"):
-            raise ValueError(f"partition must be 'iid' or 'dirichlet', got {self.partition!r}")
-        if self.aggregator not in aggregate.AGGREGATORS:
-            raise ValueError(f"aggregator must be one of {aggregate.AGGREGATORS}, got {self.aggregator!r}")
-        if self.parties < 1 or self.rounds < 1 or self.eval_every < 1 or self.n_tokens < 1 or self.dim < 1:
-            raise ValueError("parties, rounds, eval_every, n_tokens and dim must be at least 1")
-        if self.sigma_rule not in aggregate.SIGMA_RULES:
-            raise ValueError(f"sigma_rule must be one of {aggregate.SIGMA_RULES}, got {self.sigma_rule!r}")
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
-        if self.parties_per_round <= 0 or self.eval_examples < 0 or self.examples_per_party < 1:
-            raise ValueError("parties_per_round and examples_per_party must be positive, eval_examples >= 0")
-        if self.sigma0 <= 0 or self.projection_alpha <= 0 or self.alpha <= 0 or self.sigma_floor < 0:
-            raise ValueError("sigma0, projection_alpha and alpha must be positive, sigma_floor >= 0")
-
-    def per_round(self) -> int:
-        count = (
-            math.ceil(self.parties_per_round * self.parties)
-            if self.parties_per_round <= 1
-            else int(self.parties_per_round)
-        )
-        return max(1, min(self.parties, count))
-
-    def chosen_parties(self) -> Iterator[np.ndarray]:
-        """The sorted indices of the parties taking part in each round, drawn from the seed, so every method
-        run on this configuration (FedBPT, FedAvg-BBT, FedPrompt, FedP-tuning) trains the same parties."""
-        picker = np.random.default_rng(self.seed + 1)
-        for _ in range(self.rounds):
-            yield np.sort(picker.choice(self.parties, size=self.per_round(), replace=False))
+from fedbpt.job import prompted_model, spec_task
+from fedbpt.objective import PromptedModel
+from fedbpt.protocol import encode_vector
+from fedbpt.rounds import GlobalState
+from fedbpt.search import respond
+from fedbpt.spec import JobSpec, to_dict
 
 
 @dataclass
 class Party:
     name: str
-    examples: list
+    examples: list[EncodedExample]
     labels: np.ndarray
-
-
-def split_parties(config: SimulationConfig, model: PromptedModel) -> tuple[list[Party], np.ndarray]:
-    """The parties, and their (parties, classes) label histogram."""
-    pool, shares = federated_split(
-        model.task.load_train(), config.parties, config.examples_per_party, config.partition, config.alpha, config.seed
-    )
-    labels = np.array([example.label for example in pool])
-    encoded = model.encode(pool)
-    parties = [Party(f"party-{i}", [encoded[j] for j in share], labels[share]) for i, share in enumerate(shares)]
-    return parties, class_histogram(labels, shares, model.task.n_labels)
 
 
 @dataclass
 class Federation:
-    """What every method run on a configuration shares: the prompted model, the parties, the held-out set."""
+    """What every method run on a spec shares: the prompted model, the parties, the held-out set."""
 
     model: PromptedModel
     parties: list[Party]
@@ -115,16 +46,42 @@ class Federation:
     eval_labels: np.ndarray
 
 
-def prepare(config: SimulationConfig, backend: Backend) -> Federation:
-    task = resolve_task(config.task)
-    scale = projection_scale(backend.embedding_std(), config.dim, config.sigma0, config.projection_alpha)
-    projection = Projection(config.seed, config.dim, config.n_tokens, backend.hidden_size, scale)
-    model = PromptedModel.build(backend, task, projection, config.placement)
-    parties, histogram = split_parties(config, model)
+def prepare(spec: JobSpec, backend: Backend) -> Federation:
+    """The spec's model (with its first start), its parties' seeded shares of the training data, the held-out set."""
+    task = spec_task(spec)
+    model = prompted_model(spec, backend, task=task)
+    data = spec.data
+    pool, shares = federated_split(
+        task.load_train(), spec.federation.parties, data.examples_per_party, data.partition, data.alpha, spec.seed
+    )
+    labels = np.array([example.label for example in pool])
+    encoded = model.encode(pool)
+    parties = [Party(f"party-{i}", [encoded[j] for j in share], labels[share]) for i, share in enumerate(shares)]
     held_out = task.load_eval()
-    if config.eval_examples:
-        held_out = held_out[: config.eval_examples]
-    return Federation(model, parties, histogram, model.encode(held_out), np.array([row.label for row in held_out]))
+    if data.eval_examples:
+        held_out = held_out[: data.eval_examples]
+    return Federation(
+        model,
+        parties,
+        class_histogram(labels, shares, task.n_labels),
+        model.encode(held_out),
+        np.array([row.label for row in held_out]),
+    )
+
+
+def round_parties(spec: JobSpec, number: int) -> np.ndarray:
+    """The sorted indices of the parties taking part in round ``number``, drawn from the job's seed, so every
+    method run on a spec (FedBPT, FedAvg-BBT, FedPrompt, FedP-tuning) trains the same parties."""
+    federation = spec.federation
+    if federation.per_round == federation.parties:
+        return np.arange(federation.parties)
+    picker = np.random.default_rng([spec.seed, 1, number])
+    return np.sort(picker.choice(federation.parties, size=federation.per_round, replace=False))
+
+
+def downlink(spec: JobSpec, state: GlobalState) -> dict:
+    """What a party receives for a round: the server's round message (``GET /v1/jobs/{id}/round``)."""
+    return {"job": "0" * 12, "status": "running", **rounds.round_message(spec, state), "deadline": 1.8e9, "submitted": False}
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -138,8 +95,7 @@ def write_json(path: Path, data: dict) -> None:
 @contextmanager
 def finishing(results: dict, save: Callable[[], None], bar: tqdm, started: float) -> Iterator[None]:
     """Around a federation's rounds: mark the results finished, or interrupted on Ctrl-C (which is absorbed, so
-    the caller returns every finished round); then close the progress bar, add the total time and the last
-    measured accuracy, and save."""
+    the caller returns every finished round); then close the progress bar, add the total time and save."""
     try:
         yield
         results["status"] = "finished"
@@ -149,111 +105,134 @@ def finishing(results: dict, save: Callable[[], None], bar: tqdm, started: float
     finally:
         bar.close()
         results["seconds"] = time.perf_counter() - started
-        scored = [r for r in results["rounds"] if "accuracy" in r]
-        if scored:
-            results["final_accuracy"] = scored[-1]["accuracy"]
         save()
 
 
-def simulate(config: SimulationConfig, backend: Backend, out: Path | None = None) -> dict:
-    """Run the federation; return (and write to ``out``) the results."""
-    federation = prepare(config, backend)
+def zero_shot(federation: Federation) -> dict:
+    """The bare template's held-out accuracy, raw and calibrated: the training-free baselines."""
+    model = federation.model
+    raw, calibrated = replace(model, calibrate=False), replace(model, calibrate=True)
+    return {
+        "zero_shot": raw.accuracy(None, federation.eval_set, federation.eval_labels),
+        "zero_shot_calibrated": calibrated.accuracy(None, federation.eval_set, federation.eval_labels),
+    }
+
+
+def simulate(spec: JobSpec, backend: Backend, out: Path | None = None, eval_every: int = 1) -> dict:
+    """Run the federation; return (and write to ``out``) the results.
+
+    The global prompt is scored on the held-out set after every ``eval_every`` rounds, and the prompt the
+    run returns (the best by pooled training loss) always.
+    """
+    started = time.perf_counter()
+    federation = prepare(spec, backend)
     model, parties = federation.model, federation.parties
-    eval_set, eval_labels = federation.eval_set, federation.eval_labels
-    task, projection = model.task, model.projection
     results = {
-        "config": asdict(config),
+        "spec": to_dict(spec),
         "status": "running",
         "model": backend.identity,
-        "data": task.data_note,
-        "projection_fingerprint": projection.fingerprint(),
-        "eval_size": len(eval_set),
-        "party_examples": [len(p.labels) for p in parties],
+        "data": model.task.data_note,
+        "projection_fingerprint": model.projection.fingerprint(),
+        "eval_size": len(federation.eval_set),
+        "party_examples": [len(party.labels) for party in parties],
         "party_class_histogram": federation.histogram.tolist(),
         "rounds": [],
+        "accuracy": {},  # held-out accuracy of the prompt after round k, by k
     }
 
     def save() -> None:
         if out is not None:
             write_json(out, results)
 
-    def evaluate(z: np.ndarray | None) -> tuple[float, float]:
-        started = time.perf_counter()
-        accuracy = model.accuracy(z, eval_set, eval_labels)
-        return accuracy, time.perf_counter() - started
+    def evaluate(state: GlobalState, z: np.ndarray, after_round: int) -> float:
+        if str(after_round) not in results["accuracy"]:
+            scorer = model.with_start(state.start)
+            results["accuracy"][str(after_round)] = scorer.accuracy(z, federation.eval_set, federation.eval_labels)
+        return results["accuracy"][str(after_round)]
 
-    started = time.perf_counter()
-    results["zero_shot_accuracy"], _ = evaluate(None)
-    state = GlobalState.initial(config.dim, config.sigma0)
-    results["initial_prompt_accuracy"], _ = evaluate(state.mean)
+    results |= zero_shot(federation)
     tqdm.write(
-        f"zero-shot {results['zero_shot_accuracy']:.4f}, initial prompt {results['initial_prompt_accuracy']:.4f}"
-        f" on {len(eval_set)} held-out examples"
+        f"zero-shot {results['zero_shot']:.4f} (calibrated {results['zero_shot_calibrated']:.4f}) on "
+        f"{len(federation.eval_set)} held-out examples"
     )
-    save()
-    bar = tqdm(total=config.rounds * config.per_round(), desc="local searches", unit="party")
+    state = rounds.initial(spec)
+    total = sum(len(round_parties(spec, number)) for number in range(state.round, spec.federation.rounds + 2))
+    bar = tqdm(total=total, desc="party rounds", unit="party")
     with finishing(results, save, bar, started):
-        for round_number, chosen in enumerate(config.chosen_parties()):
-            search_started = time.perf_counter()
-            updates = []
+        while not rounds.finished(spec, state):
+            round_started = time.perf_counter()
+            chosen = round_parties(spec, state.round)
+            reports = []
             for index in chosen:
                 party = parties[index]
-                seed = party_seed(config.seed, int(index), round_number)
-                objective = Objective.for_round(
-                    model, party.examples, party.labels, config.search.loss, config.search.perturb_rate, seed
-                )
-                updates.append(local_search(state, objective, config.search, seed, party.name, len(party.labels)))
+                reports.append(respond(spec, state, model, party.examples, party.labels, int(index), party.name))
                 bar.update()
-            search_seconds = time.perf_counter() - search_started
-            aggregate_started = time.perf_counter()
-            downlink = len(json.dumps(state.to_dict()))
-            state = aggregate.apply(
-                config.aggregator, state, updates, config.sigma_rule, config.search.population, config.sigma_floor
-            )
-            record = {
-                "round": round_number + 1,
-                "parties": [update.party for update in updates],
-                "train_fitness": float(
-                    np.average([u.fitness for u in updates], weights=[u.n_examples for u in updates])
-                ),
-                "sigma": state.sigma,
-                "mean_norm": float(np.linalg.norm(state.mean)),
-                "seconds": {"search": search_seconds, "aggregate": time.perf_counter() - aggregate_started},
-                "bytes_per_party": {
-                    "sent": int(np.mean([len(json.dumps(u.to_dict())) for u in updates])),
-                    "received": downlink,
-                },
-                "evaluations": int(sum(u.evaluations for u in updates)),
-            }
-            if (round_number + 1) % config.eval_every == 0 or round_number + 1 == config.rounds:
-                record["accuracy"], record["seconds"]["evaluate"] = evaluate(state.mean)
+            down = len(json.dumps(downlink(spec, state)))
+            up = int(np.mean([len(json.dumps(rounds.report_body(spec, report))) for report in reports]))
+            state, record = rounds.close(spec, state, reports)
+            record["bytes_per_party"] = {"sent": up, "received": down}
+            record["evaluations"] = int(sum(getattr(report, "evaluations", 0) for report in reports))
+            record["seconds"] = time.perf_counter() - round_started
+            if record["kind"] == "start" or (record["kind"] == "search" and record["round"] % eval_every == 0):
+                record["accuracy"] = evaluate(state, state.mean, state.mean_round)
             record["elapsed"] = time.perf_counter() - started
             results["rounds"].append(record)
-            results["final_state"] = state.to_dict()
-            bar.set_postfix(fitness=f"{record['train_fitness']:.3f}", acc=record.get("accuracy", "-"))
+            results["state"] = state.to_dict()
+            bar.set_postfix(loss=f"{record['loss']:.4f}", best=f"r{record['best_round']}", acc=record.get("accuracy", "-"))
             save()
+        if results["status"] == "running":
+            finish(results, spec, state, evaluate)
     return results
 
 
+def finish(results: dict, spec: JobSpec, state: GlobalState, evaluate: Callable) -> None:
+    """The figures of a finished run: the start's, the last search round's and the returned best prompt's."""
+    best = rounds.best_prompt(state)
+    results["start"] = state.start
+    results["start_accuracy"] = evaluate(state, np.zeros(spec.prompt.dim), 0)
+    results["last_round"] = state.mean_round
+    results["last_accuracy"] = evaluate(state, state.mean, state.mean_round)
+    results["best_round"] = best.round
+    results["final_accuracy"] = evaluate(state, best.mean, best.round)
+    results["prompt"] = {"round": best.round, "loss": best.loss, "z": encode_vector(best.mean), "start": state.start}
+
+
+def summary_line(results: dict) -> str:
+    """The machine-readable last line of ``fedbpt simulate``."""
+    searched = [record for record in results["rounds"] if "bytes_per_party" in record and record["kind"] == "search"]
+    per_round = int(np.mean([sum(r["bytes_per_party"].values()) for r in searched])) if searched else 0
+    return (
+        f"task={results['spec']['task'] if isinstance(results['spec']['task'], str) else results['spec']['task']['name']}"
+        f" zero_shot={results['zero_shot']:.4f} zero_shot_calibrated={results['zero_shot_calibrated']:.4f}"
+        f" start={results.get('start_accuracy', float('nan')):.4f} last={results.get('last_accuracy', float('nan')):.4f}"
+        f" final={results.get('final_accuracy', float('nan')):.4f} bytes_per_party_round={per_round}"
+    )
+
+
 def summary(results: dict) -> str:
+    spec = results["spec"]
     lines = [
-        f"{results['config']['aggregator']} on {results['config']['task']} with {results['model']}: "
-        f"{results['status']} after {len(results['rounds'])} rounds in {results.get('seconds', 0):.0f} s",
-        f"  zero-shot accuracy      {results['zero_shot_accuracy']:.4f}",
-        f"  initial prompt accuracy {results['initial_prompt_accuracy']:.4f}",
+        f"{spec['federation']['aggregator']} on {spec['task'] if isinstance(spec['task'], str) else spec['task']['name']}"
+        f" with {spec['model']['name']}: {results['status']} after {len(results['rounds'])} rounds in "
+        f"{results.get('seconds', 0):.0f} s",
+        f"  zero-shot            {results['zero_shot']:.4f} (calibrated {results['zero_shot_calibrated']:.4f})",
     ]
     for record in results["rounds"]:
-        if "accuracy" in record:
+        accuracy = f"accuracy {record['accuracy']:.4f}" if "accuracy" in record else " " * 15
+        if record["kind"] == "start":
+            losses = ", ".join(f"{name} {loss:.4f}" for name, loss in record["start_losses"].items())
+            lines.append(f"  round {record['round']:3d}  start {record['start']!r} {accuracy}  (losses: {losses})")
+        elif record["kind"] == "search":
+            note = "  backtracked to the best" if record["backtracked"] else ""
             lines.append(
-                f"  round {record['round']:3d}  accuracy {record['accuracy']:.4f}  fitness "
-                f"{record['train_fitness']:.4f}  sigma {record['sigma']:.3f}"
+                f"  round {record['round']:3d}  {accuracy}  loss of round {record['scored_round']}'s prompt "
+                f"{record['loss']:.4f}  step {record['sigma']:.3f}{note}"
             )
+        else:
+            lines.append(f"  round {record['round']:3d}  final: loss of round {record['scored_round']}'s prompt {record['loss']:.4f}")
     if "final_accuracy" in results:
         lines.append(
-            f"  final accuracy {results['final_accuracy']:.4f}, "
-            f"{results['final_accuracy'] - results['zero_shot_accuracy']:+.4f} vs zero-shot"
+            f"  returned prompt: after round {results['best_round']}, accuracy {results['final_accuracy']:.4f} "
+            f"({results['final_accuracy'] - results['zero_shot_calibrated']:+.4f} vs calibrated zero-shot)"
         )
-    if results["rounds"]:
-        sent = results["rounds"][-1]["bytes_per_party"]
-        lines.append(f"  per party per round: {sent['sent']} bytes sent, {sent['received']} bytes received")
     return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""A job's rounds as pure functions: (spec, state, reports) -> (next state, record).
+
+Round 0 chooses the start: every party scores each candidate starting prompt (``spec.prompt.starts``, at
+z = 0) on its training data and the example-weighted best wins (with a single candidate there is no round 0).
+Rounds 1..R search: each party first scores the round's global prompt on its training data (the calibrated
+loss, example-weighted over the parties: the *pooled* loss), then runs its local search from it. Round R + 1
+scores the last prompt. The state keeps the best prompt so far by pooled loss; when a round's prompt scores
+worse than the best, the next round restarts from the best with a smaller step (backtracking), so a job
+cannot end below its start. What a job returns is the best prompt, with its round.
+
+The simulator and the server call ``close`` with the same reports and get the same state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fedbpt import aggregate
+from fedbpt.aggregate import InvalidUpdate, Scores, Update
+from fedbpt.protocol import decode_vector, encode_vector, on_wire
+from fedbpt.spec import JobSpec
+
+KINDS = ("start", "search", "final")
+
+
+@dataclass(frozen=True)
+class Best:
+    round: int  # the prompt after this round (0: the chosen start, z = 0)
+    mean: np.ndarray
+    loss: float  # its pooled training loss
+
+
+@dataclass(frozen=True)
+class GlobalState:
+    round: int  # the open round: 0 chooses the start, 1..R search, R + 1 scores the last prompt
+    mean: np.ndarray  # the round's global prompt
+    sigma: float  # the step the round's local searches start with
+    start: str = ""  # the chosen starting prompt ("" while round 0 is open)
+    mean_round: int = 0  # the round after which ``mean`` was the global prompt
+    best: Best | None = None
+
+    def to_dict(self) -> dict:
+        best = self.best and {"round": self.best.round, "mean": encode_vector(self.best.mean), "loss": self.best.loss}
+        return {
+            "round": self.round,
+            "mean": encode_vector(self.mean),
+            "sigma": self.sigma,
+            "start": self.start,
+            "mean_round": self.mean_round,
+            "best": best,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GlobalState:
+        best = data["best"] and Best(data["best"]["round"], decode_vector(data["best"]["mean"]), data["best"]["loss"])
+        return cls(data["round"], decode_vector(data["mean"]), data["sigma"], data["start"], data["mean_round"], best)
+
+
+def initial(spec: JobSpec) -> GlobalState:
+    starts = spec.prompt.starts
+    zeros = np.zeros(spec.prompt.dim)
+    if len(starts) == 1:
+        return GlobalState(1, zeros, spec.search.step, starts[0])
+    return GlobalState(0, zeros, spec.search.step)
+
+
+def kind(spec: JobSpec, state: GlobalState) -> str:
+    if not state.start:
+        return "start"
+    return "final" if state.round > spec.federation.rounds else "search"
+
+
+def finished(spec: JobSpec, state: GlobalState) -> bool:
+    return state.round > spec.federation.rounds + 1
+
+
+def candidates(spec: JobSpec, state: GlobalState) -> int:
+    """How many losses a scoring round's report holds."""
+    return len(spec.prompt.starts) if kind(spec, state) == "start" else 1
+
+
+def best_prompt(state: GlobalState) -> Best:
+    """The prompt a job returns: the best so far, or the round's prompt before any was scored."""
+    return state.best or Best(state.mean_round, state.mean, float("nan"))
+
+
+def validate(spec: JobSpec, state: GlobalState, report: Update | Scores) -> None:
+    """Raise InvalidUpdate if the report does not fit the open round (its kind, its shape, its values)."""
+    if report.round != state.round:
+        raise InvalidUpdate(f"report from {report.party!r} is for round {report.round}, the open round is {state.round}")
+    expected = Update if kind(spec, state) == "search" else Scores
+    if not isinstance(report, expected):
+        raise InvalidUpdate(f"round {state.round} is a {kind(spec, state)} round: send {expected.__name__.lower()}")
+    if isinstance(report, Update):
+        aggregate.validate_update(report, spec.prompt.dim, spec.search.iterations)
+    else:
+        aggregate.validate_scores(report, candidates(spec, state))
+
+
+def close(spec: JobSpec, state: GlobalState, reports: list[Update | Scores]) -> tuple[GlobalState, dict]:
+    """The next state and a record of the round (for the history), from the open round's reports."""
+    aggregate.distinct_parties(reports)
+    for report in reports:
+        validate(spec, state, report)
+    reports = sorted(reports, key=lambda report: report.party)
+    counts = [report.n_examples for report in reports]
+    record = {
+        "round": state.round,
+        "kind": kind(spec, state),
+        "parties": [report.party for report in reports],
+        "n_examples": int(sum(counts)),
+    }
+    if record["kind"] == "start":
+        losses = {
+            start: aggregate.pooled([report.losses[i] for report in reports], counts)
+            for i, start in enumerate(spec.prompt.starts)
+        }
+        chosen = min(spec.prompt.starts, key=lambda start: losses[start])  # ties: the first listed
+        best = Best(0, state.mean, losses[chosen])
+        record |= {"start_losses": losses, "start": chosen, "loss": losses[chosen]}
+        return replace(state, round=1, start=chosen, best=best), record | {"best_round": 0}
+    loss = aggregate.pooled([report.losses[0] if isinstance(report, Scores) else report.loss for report in reports], counts)
+    best, worse = state.best, False
+    if best is None or state.mean_round != best.round:  # the best itself is not compared with itself
+        if best is None or loss < best.loss:
+            best = Best(state.mean_round, state.mean, loss)
+        else:
+            worse = True
+    record |= {"loss": loss, "scored_round": state.mean_round, "best_round": best.round, "backtracked": False}
+    if record["kind"] == "final":
+        return replace(state, round=state.round + 1, best=best), record
+    if worse:
+        sigma = max(state.sigma * spec.search.backtrack, spec.search.step_floor)
+        record |= {"backtracked": True, "sigma": sigma}
+        return replace(state, round=state.round + 1, mean=best.mean, sigma=sigma, mean_round=best.round, best=best), record
+    if spec.federation.aggregator == "fedavg":
+        mean, sigma = aggregate.fedavg(reports)
+    else:
+        mean, sigma = aggregate.fedbpt(
+            state.sigma, reports, spec.federation.ranking, spec.search.step_rule, spec.search.population
+        )
+    sigma = max(sigma, spec.search.step_floor)
+    record |= {
+        "sigma": sigma,
+        "fitness": aggregate.pooled([report.fitness for report in reports], counts),
+        "mean_norm": float(np.linalg.norm(mean)),
+    }
+    new = replace(state, round=state.round + 1, mean=on_wire(mean, spec.wire), sigma=sigma, mean_round=state.round)
+    return replace(new, best=best), record
+
+
+def round_message(spec: JobSpec, state: GlobalState) -> dict:
+    """What a party needs of the open round (the server adds the job, its status, the deadline)."""
+    return {
+        "round": state.round,
+        "kind": kind(spec, state),
+        "mean": encode_vector(state.mean, spec.wire),
+        "sigma": state.sigma,
+        "start": state.start,
+        "mean_round": state.mean_round,
+    }
+
+
+def party_state(spec: JobSpec, message: dict) -> GlobalState:
+    """The open round as a party sees it, from ``round_message``'s fields."""
+    mean = decode_vector(message["mean"], spec.wire)
+    return GlobalState(message["round"], mean, message["sigma"], message["start"], message["mean_round"])
+
+
+def report_body(spec: JobSpec, report: Update | Scores) -> dict:
+    """A report as a party sends it: tagged with its kind, without the party's name (the server knows it)."""
+    if isinstance(report, Update):
+        body = {"kind": "search", **report.to_dict(spec.wire)}
+    else:
+        body = {"kind": "scores", **report.to_dict()}
+    body.pop("party")
+    return body
+
+
+def report_from_body(spec: JobSpec, party: str, body: dict) -> Update | Scores:
+    """The report a party sent (``report_body``); an InvalidUpdate if it is malformed."""
+    fields = {key: value for key, value in body.items() if key != "kind"} | {"party": party}
+    if body.get("kind") == "search":
+        return Update.from_dict(fields, spec.wire)
+    if body.get("kind") == "scores":
+        try:
+            return Scores.from_dict(fields)
+        except (TypeError, ValueError) as error:
+            raise InvalidUpdate(f"malformed scores: {error}") from None
+    raise InvalidUpdate("a report's kind must be 'search' or 'scores'")

@@ -1,0 +1,208 @@
+"""The job spec: every setting of a federation, defined once and shared by every entry point.
+
+``fedbpt simulate``, ``fedbpt compare``, ``fedbpt job create``, the server's schemas and both clients read
+the same frozen, validated dataclasses. A spec travels as JSON (the server stores and serves it) and is
+written by people as TOML; both go through ``from_dict``, which refuses unknown keys and bad values with the
+key's dotted name. A few fields are *pinned* when a model is loaded (``fedbpt.job.pin``): the model's
+identity and the projection's scale and fingerprint. A party checks them before doing any work.
+
+Step sizes are in units a person can reason about: ``search.step`` is the soft prompt's displacement per
+coordinate, relative to the spread (standard deviation) of the model's token embeddings, that one CMA-ES
+sample moves it on average. The papers' setting (BBT's alpha = 1, sigma0 = 1) is a step of 1.0.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+
+from fedbpt.objective import STARTS
+from fedbpt.tasks import BUILTIN_TASKS, TaskError, task_from_dict
+
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+AGGREGATORS = ("fedbpt", "fedavg")
+RANKINGS = ("examples", "fitness", "all")
+SEARCHES = ("cma-es", "zo-sgd")
+STEP_RULES = ("code", "paper")
+PARTITIONS = ("iid", "dirichlet")
+WIRES = ("float16", "float32")
+
+
+class SpecError(ValueError):
+    """A spec that cannot run; the message names the key and what is wrong with it."""
+
+
+@dataclass(frozen=True, config=STRICT)
+class ModelSpec:
+    name: str = Field("smollm2-135m", min_length=1, max_length=500, description="what a party passes to --model")
+    identity: str = Field("", max_length=500, description="pinned: the model's family, width and tokenizer hash")
+    hidden_size: int = Field(0, ge=0, le=65536, description="pinned: the model's embedding width")
+
+
+@dataclass(frozen=True, config=STRICT)
+class PromptSpec:
+    dim: int = Field(500, ge=1, le=100_000, description="the intrinsic dimension: length of z")
+    n_tokens: int = Field(50, ge=1, le=4096, description="soft prompt tokens")
+    placement: Literal["before", "after"] = Field("before", description="soft prompt before the text, or after it")
+    calibrate: bool = Field(True, description="content-free calibration of the label words' probabilities")
+    starts: tuple[str, ...] = Field(
+        STARTS, min_length=1, description="starting prompts the parties choose among before round 1"
+    )
+    scale: float = Field(0.0, ge=0, description="pinned: std(token embeddings) / sqrt(dim)")
+    fingerprint: str = Field("", max_length=64, description="pinned: hash of the projection's bytes")
+
+    def __post_init__(self) -> None:
+        unknown = [start for start in self.starts if start not in STARTS]
+        if unknown or len(set(self.starts)) != len(self.starts):
+            raise ValueError(f"prompt.starts must be distinct names from {list(STARTS)}, got {list(self.starts)}")
+
+
+@dataclass(frozen=True, config=STRICT)
+class SearchSpec:
+    method: Literal[SEARCHES] = Field("cma-es", description="cma-es, or zo-sgd (the forward-gradient baseline)")
+    population: int = Field(5, ge=2, le=10_000, description="prompts scored per local iteration")
+    iterations: int = Field(4, ge=1, le=10_000, description="local iterations per party per round")
+    loss: Literal["ce", "hinge"] = "ce"
+    perturb_rate: float = Field(0.5, ge=0, lt=1, description="FedBPT's token perturbation for the loss ratio; 0 = off")
+    step: float = Field(0.15, gt=0, le=100, description="initial step: prompt displacement / embeddings' std")
+    step_floor: float = Field(0.05, ge=0, le=100, description="the broadcast step never falls below this")
+    step_rule: Literal[STEP_RULES] = Field("code", description="FedBPT's server step rule: released code or paper")
+    backtrack: float = Field(
+        0.5, gt=0, le=1, description="when the pooled loss rose, restart from the best with the step times this"
+    )
+    learning_rate: float = Field(1.0, gt=0, le=1e6, description="zo-sgd only: step along the gradient estimate")
+
+    def __post_init__(self) -> None:
+        if self.step_floor > self.step:
+            raise ValueError(f"search.step_floor ({self.step_floor}) cannot exceed search.step ({self.step})")
+
+
+@dataclass(frozen=True, config=STRICT)
+class FederationSpec:
+    parties: int = Field(10, ge=1, le=100_000, description="parties (and data shards) in the job")
+    rounds: int = Field(8, ge=1, le=100_000, description="search rounds")
+    parties_per_round: int = Field(0, ge=0, le=100_000, description="a round closes at this many reports; 0 = all")
+    quorum: int = Field(0, ge=0, le=100_000, description="after the deadline, close at this many; 0 = per round")
+    deadline_s: float = Field(600.0, gt=0, le=7 * 24 * 3600, description="round deadline in seconds")
+    aggregator: Literal[AGGREGATORS] = Field("fedbpt", description="fedbpt, or fedavg (FedAvg-BBT)")
+    ranking: Literal[RANKINGS] = Field("examples", description="how fedbpt ranks and weights the parties' means")
+
+    def __post_init__(self) -> None:
+        if self.per_round > self.parties:
+            raise ValueError(
+                f"federation.parties_per_round ({self.parties_per_round}) cannot exceed federation.parties "
+                f"({self.parties})"
+            )
+        if self.needed > self.per_round:
+            raise ValueError(
+                f"federation.quorum ({self.quorum}) cannot exceed parties_per_round ({self.per_round})"
+            )
+
+    @property
+    def per_round(self) -> int:
+        return self.parties_per_round or self.parties
+
+    @property
+    def needed(self) -> int:
+        """Reports that close a round once its deadline has passed."""
+        return self.quorum or self.per_round
+
+
+@dataclass(frozen=True, config=STRICT)
+class DataSpec:
+    """How a benchmark task's data is dealt to the parties (a task file's parties use their own files)."""
+
+    examples_per_party: int = Field(16, ge=1, le=10_000_000, description="training examples per party on average")
+    partition: Literal[PARTITIONS] = Field("dirichlet", description="iid, or dirichlet over the labels")
+    alpha: float = Field(1.0, gt=0, le=1e6, description="Dirichlet concentration (smaller = more skewed)")
+    eval_examples: int = Field(0, ge=0, le=100_000_000, description="held-out rows scored; 0 = all")
+
+
+@dataclass(frozen=True, config=STRICT)
+class JobSpec:
+    task: str | dict[str, Any] = Field("sst2", description="a built-in task, a task file's path, or its content")
+    name: str = Field("", max_length=200)
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="seeds the projection, the data split and the search")
+    model: ModelSpec = field(default_factory=ModelSpec)
+    prompt: PromptSpec = field(default_factory=PromptSpec)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    federation: FederationSpec = field(default_factory=FederationSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    wire: Literal[WIRES] = Field("float16", description="precision of the vectors on the wire")
+
+    @model_validator(mode="after")
+    def _task_is_known(self) -> JobSpec:
+        if isinstance(self.task, dict):
+            try:
+                task_from_dict(self.task, Path("."), "the job's task")  # checks the keys; the data stays with parties
+            except TaskError as error:
+                raise ValueError(str(error)) from None
+        elif self.task not in BUILTIN_TASKS and not self.task.endswith((".toml", ".json")):
+            raise ValueError(f"unknown task {self.task!r}: use one of {list(BUILTIN_TASKS)} or a task file")
+        return self
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.model.identity and self.prompt.fingerprint)
+
+
+ADAPTER = TypeAdapter(JobSpec)
+
+
+def _message(error: ValidationError) -> str:
+    """One line naming each bad key: 'search.population: Input should be greater than or equal to 2'."""
+    problems = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "spec"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "unexpected_keyword_argument":
+            message = "unknown key (see 'fedbpt config show' for the known ones)"
+        problems.append(f"{key}: {message}")
+    return "; ".join(problems)
+
+
+def from_dict(data: object) -> JobSpec:
+    """A spec from parsed JSON or TOML; a SpecError names every bad key."""
+    try:
+        return ADAPTER.validate_json(json.dumps(data))
+    except ValidationError as error:
+        raise SpecError(_message(error)) from None
+    except (TypeError, ValueError) as error:  # not JSON-serializable (NaN is refused by the schema)
+        raise SpecError(f"spec is not plain data: {error}") from None
+
+
+def to_dict(spec: JobSpec) -> dict:
+    return ADAPTER.dump_python(spec, mode="json")
+
+
+def replace(spec: JobSpec, **sections: dict | Any) -> JobSpec:
+    """A copy with some settings changed: ``replace(spec, search={"step": 0.1}, seed=43)``, validated."""
+    data = to_dict(spec)
+    for key, value in sections.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    return from_dict(data)
+
+
+def load(path: Path) -> JobSpec:
+    """A spec from a TOML or JSON file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise SpecError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {error}") from None
+    return from_dict(data)
+
+
+def to_toml(spec: JobSpec) -> str:
+    return tomli_w.dumps(to_dict(spec))
