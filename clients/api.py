@@ -39,7 +39,7 @@ class Api:
             timeout=httpx.Timeout(90.0, connect=10.0),
         )
 
-    def request(self, method: str, path: str, **options) -> dict:
+    def request(self, method: str, path: str, **options) -> dict | list:
         give_up = time.monotonic() + self.retry_for_s
         delay = 0.5
         while True:
@@ -62,7 +62,7 @@ class Api:
             delay = min(delay * 2, 10.0)
 
     @staticmethod
-    def _parsed(response: httpx.Response) -> dict:
+    def _parsed(response: httpx.Response) -> dict | list:
         try:
             body = response.json()
         except ValueError:
@@ -82,12 +82,14 @@ class Api:
     def round(self, job: str, after: int = -1, wait: float = 0.0) -> dict:
         return self.request("GET", f"/v1/jobs/{job}/round", params={"after": after, "wait": wait})
 
-    def submit(self, job: str, round_number: int, update: dict) -> dict:
-        return self.request("POST", f"/v1/jobs/{job}/rounds/{round_number}/updates", json=update)
+    def submit(self, job: str, round_number: int, report: dict) -> dict:
+        """Send a report (``fedbpt.rounds.report_body``) for the open round."""
+        return self.request("POST", f"/v1/jobs/{job}/rounds/{round_number}/reports", json=report)
 
-    def evaluate(self, job: str, round_number: int, accuracy: float, n_examples: int) -> dict:
+    def evaluate(self, job: str, prompt_round: int, accuracy: float, n_examples: int) -> dict:
+        """Report this party's held-out accuracy of the prompt after round ``prompt_round``."""
         body = {"accuracy": accuracy, "n_examples": n_examples}
-        return self.request("POST", f"/v1/jobs/{job}/rounds/{round_number}/evaluations", json=body)
+        return self.request("POST", f"/v1/jobs/{job}/rounds/{prompt_round}/evaluations", json=body)
 
     # administrator routes
     def create_job(self, spec: dict) -> dict:
@@ -99,11 +101,17 @@ class Api:
     def job(self, job: str) -> dict:
         return self.request("GET", f"/v1/jobs/{job}")
 
+    def jobs(self) -> list[dict]:
+        return self.request("GET", "/v1/jobs")
+
+    def cancel(self, job: str) -> dict:
+        return self.request("POST", f"/v1/jobs/{job}/cancel")
+
     # results (administrator or the job's parties)
     def history(self, job: str) -> dict:
         return self.request("GET", f"/v1/jobs/{job}/history")
 
-    def prompt(self, job: str, which: str = "final") -> dict:
+    def prompt(self, job: str, which: str = "best") -> dict:
         return self.request("GET", f"/v1/jobs/{job}/prompt", params={"which": which})
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 sys.modules.setdefault("matplotlib", None)
 warnings.filterwarnings("ignore", message="Could not import matplotlib.pyplot")
 
-from clients.party import PARTY_ERRORS, DataChoice, join_and_run, log  # noqa: E402
+from clients.party import PARTY_ERRORS, DataChoice, ending, join_and_run, log  # noqa: E402
 from fedbpt.backends.llama import LlamaError  # noqa: E402
 from fedbpt.models import QUANTS, load_llama_backend, prepare  # noqa: E402
+from fedbpt.spec import JobSpec  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,12 +34,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--enroll", help="a one-time enrollment secret to redeem instead of a token")
     parser.add_argument("--model", help="packaged name, name:quant or .gguf file (default: the job's model)")
     parser.add_argument("--quant", choices=QUANTS, help="re-quantize the packaged model once and use that copy")
-    parser.add_argument("--shard", type=int, default=0, help="this party's shard of a benchmark task's split")
-    parser.add_argument("--shards", type=int, default=0, help="number of shards (0 = the task's whole train file)")
-    parser.add_argument("--examples-per-party", type=int, default=16, help="training examples per shard")
-    parser.add_argument("--partition", default="dirichlet", help="iid or dirichlet (for shards)")
-    parser.add_argument("--alpha", type=float, default=1.0, help="Dirichlet concentration (for shards)")
-    parser.add_argument("--eval-examples", type=int, default=200, help="held-out rows scored each round")
+    parser.add_argument(
+        "--shard",
+        type=int,
+        help="be party i of the job's seeded split of its task, as in fedbpt simulate (default: the whole train file)",
+    )
+    parser.add_argument(
+        "--eval-examples",
+        type=int,
+        help="held-out rows this party scores its share of (default: the job's data.eval_examples; 0 = all)",
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("."), help="folder of a task file's data files")
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = the CPUs this process may use)")
     parser.add_argument(
@@ -57,9 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def edge_backend(spec: dict, model: str | None, quant: str | None, threads: int, context: int):
+def edge_backend(spec: JobSpec, model: str | None, quant: str | None, threads: int, context: int):
     """The llama.cpp backend for the job: the named model (default: the job's), re-quantized if asked."""
-    name = model or spec["model"]["name"]
+    name = model or spec.model.name
     if quant:
         base = name.partition(":")[0]
         log(f"using {base} re-quantized to {quant} (prepared once, then cached)")
@@ -70,9 +75,7 @@ def edge_backend(spec: dict, model: str | None, quant: str | None, threads: int,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    choice = DataChoice(
-        args.shard, args.shards, args.examples_per_party, args.partition, args.alpha, args.eval_examples, args.data_dir
-    )
+    choice = DataChoice(args.shard, args.eval_examples, args.data_dir)
     try:
         job, info = join_and_run(
             args.server,
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; rerun the same command to rejoin", file=sys.stderr)
         return 130
-    print(f"job {job} {info['status']} after round {info['round']}")
+    print(f"job {job} {ending(info)}")
     return 0
 
 

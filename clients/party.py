@@ -1,7 +1,9 @@
-"""One party of a server job: fetch the round, search locally, submit, report, until the job ends.
+"""One party of a server job: fetch the round, answer it, submit, report accuracy, until the job ends.
 
-The loop only needs a ``PromptedModel``, so the full-precision client and the edge client share it;
-the search and the seeds are the core's (``fedbpt.search``), exactly as in the simulator.
+The loop only needs a ``PromptedModel``, so the full-precision client and the edge client share it. A party's
+answer to a round of any kind (the start round, a search round, the final round) is the core's
+``fedbpt.search.respond``, and ``--shard i`` gives it exactly the examples party i holds in ``fedbpt simulate``:
+the same spec gives the same reports, so the server's rounds close as the simulator's do.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from clients.api import Api, ApiError, ServerUnavailable, enroll
-from fedbpt.aggregate import GlobalState
-from fedbpt.backends import Backend
+from fedbpt import rounds
+from fedbpt.aggregate import Scores, Update
+from fedbpt.backends import Backend, EncodedExample
 from fedbpt.data import Example, federated_split
-from fedbpt.job import JobMismatch, prompted_model, search_config, spec_task
+from fedbpt.job import JobMismatch, prompted_model, spec_task
 from fedbpt.models import ModelNotFound
-from fedbpt.objective import Objective, PromptedModel
+from fedbpt.objective import PromptedModel
 from fedbpt.projection import CACHE_LIMIT_BYTES
-from fedbpt.protocol import decode_vector
-from fedbpt.search import local_search, party_seed
+from fedbpt.rounds import GlobalState
+from fedbpt.search import respond
+from fedbpt.spec import JobSpec, from_dict
 
 LONG_POLL_S = 25.0
 # What a party reports as a one-line error instead of a traceback.
@@ -31,17 +35,13 @@ PARTY_ERRORS = (ApiError, ServerUnavailable, JobMismatch, ModelNotFound, ValueEr
 
 @dataclass(frozen=True)
 class DataChoice:
-    """Which examples this party holds. With ``shards`` > 0 (benchmark tasks), the party is shard
-    ``shard`` of a seeded federated split, as in ``fedbpt simulate``; otherwise it uses its task's
-    whole training file. It scores the global prompt on its share of the first ``eval_examples``
-    held-out rows."""
+    """Which examples this party holds. With ``shard`` i, it is party i of the job's seeded federated split (the
+    job's spec sets the parties, examples per party, partition and alpha) and scores every prompt on its share of
+    the first ``eval_examples`` held-out rows; without, it uses its task's whole training file and those rows.
+    ``eval_examples`` None takes the job's ``data.eval_examples``; 0 means all rows."""
 
-    shard: int = 0
-    shards: int = 0
-    examples_per_party: int = 16
-    partition: str = "dirichlet"
-    alpha: float = 1.0
-    eval_examples: int = 200
+    shard: int | None = None
+    eval_examples: int | None = None
     data_dir: Path = Path(".")
 
 
@@ -49,62 +49,121 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def party_examples(spec: dict, choice: DataChoice) -> tuple[list[Example], list[Example]]:
-    """(training examples, evaluation examples) of this party."""
+def ending(info: dict) -> str:
+    """How the job ended, from its last round info: a finished job's open round is one past its final round."""
+    if info["status"] == "finished":
+        return f"finished after round {info['round'] - 1}"
+    return f"{info['status']} at round {info['round']}"
+
+
+def party_examples(spec: JobSpec, choice: DataChoice) -> tuple[list[Example], list[Example]]:
+    """(training examples, held-out examples) of this party."""
     task = spec_task(spec, choice.data_dir)
-    held_out = task.load_eval()[: choice.eval_examples] if choice.eval_examples else []
-    if choice.shards <= 0:
+    rows = spec.data.eval_examples if choice.eval_examples is None else choice.eval_examples
+    held_out = task.load_eval()
+    held_out = held_out[:rows] if rows else held_out
+    if choice.shard is None:
         return task.load_train(), held_out
-    if not 0 <= choice.shard < choice.shards:
-        raise ValueError(f"--shard must be in [0, {choice.shards}), got {choice.shard}")
+    parties = spec.federation.parties
+    if not 0 <= choice.shard < parties:
+        raise ValueError(f"--shard must be in [0, {parties}) for this job's {parties} parties, got {choice.shard}")
+    data = spec.data
     pool, shares = federated_split(
-        task.load_train(), choice.shards, choice.examples_per_party, choice.partition, choice.alpha, spec["seed"]
+        task.load_train(), parties, data.examples_per_party, data.partition, data.alpha, spec.seed
     )
-    return [pool[i] for i in shares[choice.shard]], held_out[choice.shard :: choice.shards]
+    return [pool[i] for i in shares[choice.shard]], held_out[choice.shard :: parties]
 
 
-def run_party(api: Api, spec: dict, me: dict, model: PromptedModel, choice: DataChoice) -> dict:
+def encoded(model: PromptedModel, examples: list[Example]) -> tuple[list[EncodedExample], np.ndarray]:
+    return model.encode(examples), np.array([example.label for example in examples], dtype=int)
+
+
+def describe(spec: JobSpec, state: GlobalState, report: Update | Scores) -> str:
+    """A log line for a report, with the round counted as the server counts it (0 = the start round)."""
+    kind = rounds.kind(spec, state)
+    head = f"round {state.round} ({kind})"
+    if kind == "start":
+        losses = ", ".join(f"{start} {loss:.4f}" for start, loss in zip(spec.prompt.starts, report.losses, strict=True))
+        return f"{head}: start losses {losses} ({report.seconds:.1f} s)"
+    if kind == "final":
+        return f"{head}: loss of round {state.mean_round}'s prompt {report.losses[0]:.4f} ({report.seconds:.1f} s)"
+    return (
+        f"{head}: loss of round {state.mean_round}'s prompt {report.loss:.4f}, local fitness {report.fitness:.4f} "
+        f"({report.seconds:.1f} s)"
+    )
+
+
+def run_party(
+    api: Api, spec: JobSpec, me: dict, model: PromptedModel, train: list[Example], held_out: list[Example]
+) -> dict:
     """Take part until the job finishes or is cancelled; returns the last round info."""
     job, name = me["job"], me["party"]
-    train, held_out = party_examples(spec, choice)
-    examples, labels = model.encode(train), np.array([example.label for example in train])
-    eval_set, eval_labels = model.encode(held_out), np.array([example.label for example in held_out])
-    config = search_config(spec)
-    log(f"{name}: {len(train)} training examples, {len(held_out)} held-out; job {job}, {spec['rounds']} rounds")
-
-    def report(info: dict) -> None:
-        if len(eval_set):
-            accuracy = model.accuracy(decode_vector(info["mean"]), eval_set, eval_labels)
-            api.evaluate(job, info["round"], accuracy, len(eval_set))
-            log(f"{name}: global prompt after round {info['round']}: accuracy {accuracy:.4f} on {len(eval_set)}")
-
-    handled = -1  # the last round this party searched (or found already submitted)
-    reported = -1
+    examples, labels = encoded(model, train)
+    eval_set, eval_labels = encoded(model, held_out)
+    log(
+        f"{name}: {len(train)} training examples, {len(held_out)} held-out; job {job}: "
+        f"{spec.federation.rounds} search rounds"
+    )
+    evaluated: set[int] = set()  # the prompt rounds whose accuracy this party reported
+    handled = -1  # the last round this party answered (or found already answered)
     while True:
         info = api.round(job, after=handled, wait=LONG_POLL_S)
-        if info["round"] > reported:
-            report(info)
-            reported = info["round"]
         if info["status"] != "running":
-            log(f"{name}: job {info['status']} at round {info['round']}")
+            log(f"{name}: job {job} {ending(info)}")
             return info
         if info["round"] <= handled:
             continue
-        round_number = info["round"]
+        state = rounds.party_state(spec, info)
+        if state.start and model.start != state.start:
+            model = model.with_start(state.start)
+        if state.start and state.mean_round not in evaluated and eval_set:
+            report_accuracy(api, job, name, model, state, eval_set, eval_labels)
+            evaluated.add(state.mean_round)
         if not info["submitted"]:
-            state = GlobalState(round_number, decode_vector(info["mean"]), info["sigma"])
-            seed = party_seed(spec["seed"], me["index"], round_number)
-            objective = Objective.for_round(model, examples, labels, config.loss, config.perturb_rate, seed)
-            update = local_search(state, objective, config, seed, name, len(train)).to_dict()
-            update.pop("party")
-            try:
-                api.submit(job, round_number, update)
-                log(f"{name}: round {round_number} fitness {update['fitness']:.4f} ({update['seconds']:.1f} s)")
-            except ApiError as error:
-                if error.status != 409:
-                    raise
-                log(f"{name}: round {round_number} closed without this update ({error})")
-        handled = round_number
+            answer(api, spec, me, model, state, examples, labels)
+        handled = state.round
+
+
+def report_accuracy(
+    api: Api,
+    job: str,
+    name: str,
+    model: PromptedModel,
+    state: GlobalState,
+    eval_set: list[EncodedExample],
+    eval_labels: np.ndarray,
+) -> None:
+    """Score the round's global prompt on this party's held-out rows and report it (once per prompt round)."""
+    accuracy = model.accuracy(state.mean, eval_set, eval_labels)
+    try:
+        api.evaluate(job, state.mean_round, accuracy, len(eval_set))
+    except ApiError as error:
+        if error.status != 409:
+            raise
+        log(f"{name}: the server kept an earlier report for round {state.mean_round}'s prompt ({error})")
+        return
+    log(f"{name}: round {state.mean_round}'s prompt: accuracy {accuracy:.4f} on {len(eval_set)} held-out rows")
+
+
+def answer(
+    api: Api,
+    spec: JobSpec,
+    me: dict,
+    model: PromptedModel,
+    state: GlobalState,
+    examples: list[EncodedExample],
+    labels: np.ndarray,
+) -> None:
+    """This party's report for the open round, submitted; a round that closed without it is only logged."""
+    report = respond(spec, state, model, examples, labels, me["index"], me["party"])
+    try:
+        api.submit(me["job"], state.round, rounds.report_body(spec, report))
+    except ApiError as error:
+        if error.status != 409:
+            raise
+        log(f"{me['party']}: round {state.round} closed without this report ({error})")
+        return
+    log(f"{me['party']}: {describe(spec, state, report)}")
 
 
 def join_and_run(
@@ -112,7 +171,7 @@ def join_and_run(
     token: str | None,
     secret: str | None,
     ca_bundle: str | None,
-    load_backend: Callable[[dict], Backend],
+    load_backend: Callable[[JobSpec], Backend],
     choice: DataChoice,
     projection_cache_bytes: int = CACHE_LIMIT_BYTES,
 ) -> tuple[str, dict]:
@@ -125,6 +184,7 @@ def join_and_run(
         raise ValueError("pass --token (or FEDBPT_TOKEN) or --enroll")
     api = Api(server, token, ca_bundle)
     me = api.me()
-    spec = api.spec(me["job"])
+    spec = from_dict(api.spec(me["job"]))
+    train, held_out = party_examples(spec, choice)  # before the model loads: a wrong --shard fails at once
     model = prompted_model(spec, load_backend(spec), choice.data_dir, projection_cache_bytes)
-    return me["job"], run_party(api, spec, me, model, choice)
+    return me["job"], run_party(api, spec, me, model, train, held_out)

@@ -67,7 +67,7 @@ def compare(
     seeds: int = typer.Option(3, min=1, help="seeds per method and partition (the spec's seed, then +1, ...)"),
     methods: str = typer.Option("all", help="all, or a comma-separated list of the methods"),
     epochs: int = typer.Option(1, help="FedPrompt / FedP-tuning: local epochs per round"),
-    learning_rate: float = typer.Option(3e-3, help="FedPrompt / FedP-tuning: Adam learning rate"),
+    adam_learning_rate: float = typer.Option(3e-3, help="FedPrompt / FedP-tuning: Adam learning rate"),
     demonstrations: int = typer.Option(4, help="in-context learning: demonstrations from the party's own data"),
     dtype: str = DTYPE,
     threads: int = THREADS,
@@ -87,7 +87,7 @@ def compare(
             partitions=parse_list(partitions, PARTITIONS, "partitions"),
             seeds=seeds,
             epochs=epochs,
-            learning_rate=learning_rate,
+            learning_rate=adam_learning_rate,
             demonstrations=demonstrations,
             eval_every=eval_every,
         )
@@ -204,7 +204,9 @@ def evaluate(
     typer.echo(f"  zero-shot              {raw:.4f}")
     typer.echo(f"  zero-shot, calibrated  {calibrated:.4f}")
     typer.echo(f"  start ({learned.start})  {start:.4f}")
-    typer.echo(f"  learned prompt         {score:.4f}  (after round {learned.round}; {100 * (score - raw):+.2f} points)")
+    typer.echo(
+        f"  learned prompt         {score:.4f}  (after round {learned.round}; {100 * (score - raw):+.2f} points)"
+    )
     typer.echo(
         f"zero_shot={raw:.4f} zero_shot_calibrated={calibrated:.4f} learned={score:.4f} "
         f"gain_points={100 * (score - raw):.2f}"

@@ -1,10 +1,14 @@
 """``fedbpt compare``: every method on the same model, data, partitions, held-out set and seeds.
 
-Methods: zero-shot and in-context learning (``fedbpt.baselines.incontext``), FedPrompt and FedP-tuning
-(``fedbpt.baselines.federated``), and FedAvg-BBT and FedBPT (``fedbpt.simulate`` with the ``fedavg``
-and ``fedbpt`` aggregators). One run is a (method, partition, seed); runs happen one after another in
-this process. After each run the folder gets ``results.json`` (every run's full results), ``table.md``
-and the plots, so Ctrl-C keeps every finished run; rerunning the same command skips them.
+One job spec drives every method. Training-free rows: zero-shot (the bare template) raw and calibrated, the
+start the parties choose (its start round), and in-context learning (``fedbpt.baselines.incontext``).
+Trained rows: FedPrompt and FedP-tuning (``fedbpt.baselines.federated``, gradients), a forward-gradient
+search (zeroth-order SGD on the same z and objective, ``search.method = "zo-sgd"``, averaged like
+FedAvg), FedAvg-BBT (the ``fedavg`` aggregator) and FedBPT (the spec as given), all run by the simulator's
+rounds from the same chosen start. One run is a (method, partition, seed); runs happen one after another in
+this process. After each run the folder gets ``results.json`` (every run's full results), ``table.md``,
+the plots and each trained run's returned prompt under ``prompts/``, so Ctrl-C keeps every finished run;
+rerunning the same command skips them.
 """
 
 from __future__ import annotations
@@ -16,29 +20,48 @@ import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from fedbpt import spec as specs
 from fedbpt.backends import Backend
-from fedbpt.search import SearchConfig
-from fedbpt.simulate import SimulationConfig, write_json
+from fedbpt.job import LearnedPrompt
+from fedbpt.protocol import decode_vector
+from fedbpt.simulate import write_json
+from fedbpt.spec import JobSpec
 
-METHODS = ("zero-shot", "in-context", "fedprompt", "fedptuning", "fedavg-bbt", "fedbpt")
-AGGREGATOR = {"fedavg-bbt": "fedavg", "fedbpt": "fedbpt"}
+METHODS = (
+    "zero-shot",
+    "zero-shot-calibrated",
+    "start",
+    "in-context",
+    "fedprompt",
+    "fedptuning",
+    "forward-gradient",
+    "fedavg-bbt",
+    "fedbpt",
+)
+# What each simulated method changes in the spec.
+SIMULATED = {
+    "fedbpt": {},
+    "fedavg-bbt": {"federation": {"aggregator": "fedavg"}},
+    "forward-gradient": {"search": {"method": "zo-sgd"}, "federation": {"aggregator": "fedavg"}},
+}
 PARTITIONS = ("iid", "dirichlet")
 LABELS = {
     "zero-shot": "Zero-shot (manual template)",
+    "zero-shot-calibrated": "Zero-shot, calibrated",
+    "start": "Chosen start (z = 0)",
     "in-context": "In-context learning",
     "fedprompt": "FedPrompt",
     "fedptuning": "FedP-tuning",
+    "forward-gradient": "Forward gradient (ZO-SGD)",
     "fedavg-bbt": "FedAvg-BBT",
     "fedbpt": "FedBPT",
 }
-# Settings that every run of one results folder must share; methods, partitions and seeds may grow.
-GRID_FIELDS = ("methods", "partitions", "seeds")
 
 
 def parse_list(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -52,53 +75,28 @@ def parse_list(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ..
 
 @dataclass(frozen=True)
 class CompareConfig:
-    task: str = "sst2"
-    model: str = "smollm2-135m"
-    dtype: str = "bfloat16"
+    spec: JobSpec = field(default_factory=JobSpec)
     methods: tuple[str, ...] = METHODS
     partitions: tuple[str, ...] = PARTITIONS
-    alpha: float = 1.0
-    clients: int = 10
-    seeds: int = 3
-    first_seed: int = 42
-    rounds: int = 10
-    examples_per_party: int = 16
-    eval_examples: int = 200
-    population: int = 5  # FedBPT and FedAvg-BBT
-    local_iterations: int = 8
-    perturb_rate: float = 0.5
+    seeds: int = 3  # the spec's seed, then +1, ...
     epochs: int = 1  # FedPrompt and FedP-tuning
     learning_rate: float = 3e-3
     batch_size: int = 8
     demonstrations: int = 4  # in-context learning
+    eval_every: int = 1
 
     def __post_init__(self) -> None:
         for name, allowed in (("methods", METHODS), ("partitions", PARTITIONS)):
             values = getattr(self, name)
             if not values or set(values) - set(allowed):
                 raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {values}")
-        if self.seeds < 1 or self.demonstrations < 0:
-            raise ValueError("seeds must be at least 1 and demonstrations at least 0")
-        self.simulation("iid", self.first_seed, "fedbpt")  # checks the shared settings early
+        if self.seeds < 1 or self.demonstrations < 0 or self.eval_every < 1:
+            raise ValueError("seeds and eval_every must be at least 1 and demonstrations at least 0")
         self.training()
 
-    def simulation(self, partition: str, seed: int, aggregator: str = "fedbpt") -> SimulationConfig:
-        return SimulationConfig(
-            task=self.task,
-            model=self.model,
-            dtype=self.dtype,
-            parties=self.clients,
-            rounds=self.rounds,
-            examples_per_party=self.examples_per_party,
-            partition=partition,
-            alpha=self.alpha,
-            aggregator=aggregator,
-            eval_examples=self.eval_examples,
-            seed=seed,
-            search=SearchConfig(
-                population=self.population, iterations=self.local_iterations, perturb_rate=self.perturb_rate
-            ),
-        )
+    def run_spec(self, method: str, partition: str, seed: int) -> JobSpec:
+        changes = SIMULATED.get(method, {})
+        return specs.replace(self.spec, seed=seed, data={"partition": partition}, **{k: v for k, v in changes.items()})
 
     def training(self):
         from fedbpt.baselines.prompt_tuning import LocalTraining
@@ -106,8 +104,26 @@ class CompareConfig:
         return LocalTraining(self.epochs, self.learning_rate, self.batch_size)
 
     def shared(self) -> dict:
-        """The settings every run in one folder must agree on."""
-        return {key: value for key, value in asdict(self).items() if key not in GRID_FIELDS}
+        """The settings every run in one folder must agree on (methods, partitions and seeds may grow)."""
+        settings = {key: value for key, value in asdict(self).items() if key not in ("methods", "partitions", "seeds")}
+        settings["spec"] = {key: value for key, value in specs.to_dict(self.spec).items() if key != "seed"}
+        settings["spec"]["data"].pop("partition")
+        return settings
+
+    def seed_list(self) -> list[int]:
+        return [self.spec.seed + offset for offset in range(self.seeds)]
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested settings dicts, with both values."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {a!r} there, {b!r} here")
+    return found
 
 
 @contextmanager
@@ -134,25 +150,33 @@ def peak_rss() -> Iterator[dict]:
 
 
 def run_one(config: CompareConfig, method: str, partition: str, seed: int, backend: Backend, scratch: Path) -> dict:
-    """One method's full results on one partition and seed (the simulator's format for the federated ones)."""
-    if method in AGGREGATOR:
+    """One method's full results on one partition and seed (the simulator's format for the trained ones)."""
+    spec = config.run_spec(method, partition, seed)
+    if method in SIMULATED:
         from fedbpt.simulate import simulate
 
-        results = simulate(config.simulation(partition, seed, AGGREGATOR[method]), backend, scratch)
-        results["trainable_parameters"] = results["config"]["dim"]
+        results = simulate(spec, backend, scratch, config.eval_every)
+        results["trainable_parameters"] = spec.prompt.dim
         return results
     if method in ("fedprompt", "fedptuning"):
         from fedbpt.baselines.federated import run_gradient
 
-        return run_gradient(method, config.simulation(partition, seed), config.training(), backend, scratch)
+        return run_gradient(method, spec, config.training(), backend, scratch, config.eval_every)
     from fedbpt.baselines import incontext
-    from fedbpt.simulate import prepare
+    from fedbpt.simulate import prepare, start_round, zero_shot
 
     started = time.perf_counter()
-    federation = prepare(config.simulation(partition, seed), backend)
+    federation = prepare(spec, backend)
     results = {"method": method, "status": "finished", "rounds": [], "trainable_parameters": 0}
-    if method == "zero-shot":
-        results["final_accuracy"] = incontext.zero_shot_accuracy(federation)
+    if method in ("zero-shot", "zero-shot-calibrated"):
+        results["final_accuracy"] = zero_shot(federation)[method.replace("-", "_")]
+    elif method == "start":
+        state, record = start_round(spec, federation)
+        model = federation.model.with_start(state.start)
+        results["start"] = state.start
+        results["final_accuracy"] = model.accuracy(
+            np.zeros(spec.prompt.dim), federation.eval_set, federation.eval_labels
+        )
     else:
         accuracies = incontext.in_context_accuracies(federation, config.demonstrations, seed)
         results["party_accuracies"] = accuracies
@@ -163,21 +187,22 @@ def run_one(config: CompareConfig, method: str, partition: str, seed: int, backe
 
 def summarize(method: str, partition: str, seed: int, results: dict, peak: dict) -> dict:
     """The figures the table and plots need, from one run's full results."""
-    rounds = results["rounds"]
-    initial = results.get("initial_prompt_accuracy")
-    curve = [[0, initial, 0]] if initial is not None else []
-    total_bytes = 0
-    for record in rounds:
-        total_bytes += len(record["parties"]) * sum(record["bytes_per_party"].values())
+    rounds = [record for record in results["rounds"] if record["kind"] == "search"]
+    curve, total_bytes = [], 0
+    for record in results["rounds"]:
+        total_bytes += len(record["parties"]) * sum(record.get("bytes_per_party", {}).values())
         if "accuracy" in record:
             curve.append([record["round"], record["accuracy"], total_bytes])
-    seconds = [sum(v for k, v in record["seconds"].items() if k != "evaluate") for record in rounds]
+    seconds = [record["seconds"] for record in rounds]
     return {
         "method": method,
         "partition": partition,
         "seed": seed,
         "status": results["status"],
         "final_accuracy": results.get("final_accuracy"),
+        "start_accuracy": results.get("start_accuracy"),
+        "last_accuracy": results.get("last_accuracy"),
+        "best_round": results.get("best_round"),
         "rounds": len(rounds),
         "trainable_parameters": results["trainable_parameters"],
         "bytes_up": int(np.mean([r["bytes_per_party"]["sent"] for r in rounds])) if rounds else 0,
@@ -208,10 +233,13 @@ def present(runs: list[dict]) -> tuple[list[str], list[str]]:
 
 def table(runs: list[dict], config: CompareConfig, model: str) -> str:
     """Markdown: accuracy mean ± std over seeds per method and partition, and the cost of each method."""
+    spec = config.spec
     lines = [
-        f"{config.task}, {model}, {config.clients} parties, {config.rounds} rounds, "
-        f"{config.examples_per_party} training examples per party, {config.eval_examples or 'all'} held-out "
-        f"examples; Dirichlet alpha {config.alpha}. Accuracy in % (mean ± std over the seeds that finished).",
+        f"{spec.task_name}, {model}, {spec.federation.parties} parties ({spec.federation.per_round} per round), "
+        f"{spec.federation.rounds} rounds, {spec.data.examples_per_party} training examples per party, "
+        f"{spec.data.eval_examples or 'all'} held-out examples; Dirichlet alpha {spec.data.alpha}; "
+        f"{'calibrated' if spec.prompt.calibrate else 'raw'} scoring. Accuracy in % (mean ± std over the seeds "
+        "that finished; a trained method's accuracy is that of the prompt it returns).",
         "",
         "| method | partition | accuracy | seeds | rounds | trainable params | up B/party/round | down B/party/round"
         " | peak RSS MB | s/round |",
@@ -242,7 +270,8 @@ def table(runs: list[dict], config: CompareConfig, model: str) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Bytes: the JSON a party sends and receives per round (vectors as base64 float32). Peak RSS: the "
+        f"Bytes: the JSON a party sends and receives per search round (vectors as base64 {spec.wire} for the "
+        "black-box methods, float32 for the gradient ones). Peak RSS: the "
         "process's peak resident memory during the run (model weights included). s/round: training plus "
         "aggregation time of one round, all parties one after another in one process, evaluation excluded.",
     ]
@@ -283,7 +312,9 @@ def plot(runs: list[dict], config: CompareConfig, out_dir: Path) -> list[Path]:
                 axis.set_xscale("log")
             else:
                 axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-            axis.set_title(f"{config.task}, {partition}" + (f" (alpha {config.alpha})" if partition != "iid" else ""))
+            task = config.spec.task_name
+            alpha = f" (alpha {config.spec.data.alpha})" if partition != "iid" else ""
+            axis.set_title(f"{task}, {partition}{alpha}")
             axis.set_xlabel(x_label)
             axis.set_ylabel("held-out accuracy (%)")
             axis.grid(alpha=0.3)
@@ -317,15 +348,23 @@ def compare(config: CompareConfig, backend: Backend, out_dir: Path) -> dict:
     previous = json.loads(results_path.read_text()) if results_path.exists() else None
     runs: list[dict] = []
     if previous is not None:
-        if CompareConfig(**_tuples(previous["config"])).shared() != config.shared():
+        changed = differences(previous["shared"], json.loads(json.dumps(config.shared())))
+        if changed:
             raise ValueError(
-                f"{results_path} holds runs with other settings; use another --out folder or the same settings"
+                f"{results_path} holds runs with other settings ({'; '.join(changed)}); use another --out folder "
+                "or the same settings"
             )
         runs = [run for run in previous["runs"] if run["status"] == "finished"]
-    results = {"config": asdict(config), "model": backend.identity, "machine": machine(), "runs": runs}
+    results = {
+        "config": {**asdict(config), "spec": specs.to_dict(config.spec)},
+        "shared": config.shared(),
+        "model": backend.identity,
+        "machine": machine(),
+        "runs": runs,
+    }
     grid = [
-        (method, partition, config.first_seed + offset)
-        for offset in range(config.seeds)
+        (method, partition, seed)
+        for seed in config.seed_list()
         for partition in config.partitions
         for method in config.methods
     ]
@@ -345,6 +384,11 @@ def compare(config: CompareConfig, backend: Backend, out_dir: Path) -> dict:
             break
         run = summarize(method, partition, seed, outcome, peak)
         runs.append(run)
+        if "prompt" in outcome:
+            prompt = outcome["prompt"]
+            spec = config.run_spec(method, partition, seed)
+            learned = LearnedPrompt(spec, prompt["start"], decode_vector(prompt["z"]), prompt["round"], prompt["loss"])
+            learned.save(out_dir / "prompts" / f"{method}-{partition}-{seed}.json")
         results["machine"]["load_average_end"] = machine()["load_average"]
         _write(results, config, out_dir)
         tqdm.write(f"  accuracy {run['final_accuracy']}, {run['status']}")
@@ -352,10 +396,6 @@ def compare(config: CompareConfig, backend: Backend, out_dir: Path) -> dict:
             break
     _write(results, config, out_dir)
     return results
-
-
-def _tuples(config: dict) -> dict:
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
 
 
 def _write(results: dict, config: CompareConfig, out_dir: Path) -> None:

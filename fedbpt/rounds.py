@@ -29,7 +29,7 @@ KINDS = ("start", "search", "final")
 class Best:
     round: int  # the prompt after this round (0: the chosen start, z = 0)
     mean: np.ndarray
-    loss: float  # its pooled training loss
+    loss: float | None  # its pooled training loss (None before any was scored)
 
 
 @dataclass(frozen=True)
@@ -83,16 +83,19 @@ def candidates(spec: JobSpec, state: GlobalState) -> int:
 
 def best_prompt(state: GlobalState) -> Best:
     """The prompt a job returns: the best so far, or the round's prompt before any was scored."""
-    return state.best or Best(state.mean_round, state.mean, float("nan"))
+    return state.best or Best(state.mean_round, state.mean, None)
 
 
 def validate(spec: JobSpec, state: GlobalState, report: Update | Scores) -> None:
     """Raise InvalidUpdate if the report does not fit the open round (its kind, its shape, its values)."""
     if report.round != state.round:
-        raise InvalidUpdate(f"report from {report.party!r} is for round {report.round}, the open round is {state.round}")
+        raise InvalidUpdate(
+            f"report from {report.party!r} is for round {report.round}, the open round is {state.round}"
+        )
     expected = Update if kind(spec, state) == "search" else Scores
     if not isinstance(report, expected):
-        raise InvalidUpdate(f"round {state.round} is a {kind(spec, state)} round: send {expected.__name__.lower()}")
+        wanted = "search" if expected is Update else "scores"
+        raise InvalidUpdate(f"round {state.round} is a {kind(spec, state)} round: send a {wanted!r} report")
     if isinstance(report, Update):
         aggregate.validate_update(report, spec.prompt.dim, spec.search.iterations)
     else:
@@ -121,7 +124,9 @@ def close(spec: JobSpec, state: GlobalState, reports: list[Update | Scores]) -> 
         best = Best(0, state.mean, losses[chosen])
         record |= {"start_losses": losses, "start": chosen, "loss": losses[chosen]}
         return replace(state, round=1, start=chosen, best=best), record | {"best_round": 0}
-    loss = aggregate.pooled([report.losses[0] if isinstance(report, Scores) else report.loss for report in reports], counts)
+    loss = aggregate.pooled(
+        [report.losses[0] if isinstance(report, Scores) else report.loss for report in reports], counts
+    )
     best, worse = state.best, False
     if best is None or state.mean_round != best.round:  # the best itself is not compared with itself
         if best is None or loss < best.loss:
@@ -131,10 +136,11 @@ def close(spec: JobSpec, state: GlobalState, reports: list[Update | Scores]) -> 
     record |= {"loss": loss, "scored_round": state.mean_round, "best_round": best.round, "backtracked": False}
     if record["kind"] == "final":
         return replace(state, round=state.round + 1, best=best), record
-    if worse:
+    if worse:  # restart from the best; after the last search round there is nothing new left to score
         sigma = max(state.sigma * spec.search.backtrack, spec.search.step_floor)
+        following = state.round + (2 if state.round == spec.federation.rounds else 1)
         record |= {"backtracked": True, "sigma": sigma}
-        return replace(state, round=state.round + 1, mean=best.mean, sigma=sigma, mean_round=best.round, best=best), record
+        return replace(state, round=following, mean=best.mean, sigma=sigma, mean_round=best.round, best=best), record
     if spec.federation.aggregator == "fedavg":
         mean, sigma = aggregate.fedavg(reports)
     else:

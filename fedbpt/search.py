@@ -64,7 +64,13 @@ SEARCHES = {"cma-es": cma_search, "zo-sgd": zo_search}
 
 
 def local_search(
-    state: GlobalState, objective: Loss, search: SearchSpec, seed: int, party: str, n_examples: int, loss: float,
+    state: GlobalState,
+    objective: Loss,
+    search: SearchSpec,
+    seed: int,
+    party: str,
+    n_examples: int,
+    loss: float,
     wire: str = "float32",
 ) -> Update:
     """Search from the global state and report the local mean (rounded to the wire) and its fitness."""

@@ -25,7 +25,7 @@ from fedbpt.objective import PromptedModel
 from fedbpt.protocol import encode_vector
 from fedbpt.rounds import GlobalState
 from fedbpt.search import respond
-from fedbpt.spec import JobSpec, to_dict
+from fedbpt.spec import JobSpec, from_dict, to_dict
 
 
 @dataclass
@@ -81,7 +81,41 @@ def round_parties(spec: JobSpec, number: int) -> np.ndarray:
 
 def downlink(spec: JobSpec, state: GlobalState) -> dict:
     """What a party receives for a round: the server's round message (``GET /v1/jobs/{id}/round``)."""
-    return {"job": "0" * 12, "status": "running", **rounds.round_message(spec, state), "deadline": 1.8e9, "submitted": False}
+    return {
+        "job": "0" * 12,
+        "status": "running",
+        **rounds.round_message(spec, state),
+        "deadline": 1.8e9,
+        "submitted": False,
+    }
+
+
+def play_round(
+    spec: JobSpec, federation: Federation, state: GlobalState, progress: Callable[[], object] = lambda: None
+) -> tuple[GlobalState, dict]:
+    """One round: its parties respond to it and ``rounds.close`` merges their reports. The record also holds the
+    bytes a party sent and received, the queries the parties made and the round's time."""
+    started = time.perf_counter()
+    reports = []
+    for index in round_parties(spec, state.round):
+        party = federation.parties[index]
+        reports.append(respond(spec, state, federation.model, party.examples, party.labels, int(index), party.name))
+        progress()
+    down = len(json.dumps(downlink(spec, state)))
+    up = int(np.mean([len(json.dumps(rounds.report_body(spec, report))) for report in reports]))
+    state, record = rounds.close(spec, state, reports)
+    record["bytes_per_party"] = {"sent": up, "received": down}
+    record["evaluations"] = int(sum(getattr(report, "evaluations", 0) for report in reports))
+    record["seconds"] = time.perf_counter() - started
+    return state, record
+
+
+def start_round(spec: JobSpec, federation: Federation) -> tuple[GlobalState, dict | None]:
+    """The state after the start round (and its record), or the initial state when the spec has one start."""
+    state = rounds.initial(spec)
+    if rounds.kind(spec, state) != "start":
+        return state, None
+    return play_round(spec, federation, state)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -160,25 +194,15 @@ def simulate(spec: JobSpec, backend: Backend, out: Path | None = None, eval_ever
     bar = tqdm(total=total, desc="party rounds", unit="party")
     with finishing(results, save, bar, started):
         while not rounds.finished(spec, state):
-            round_started = time.perf_counter()
-            chosen = round_parties(spec, state.round)
-            reports = []
-            for index in chosen:
-                party = parties[index]
-                reports.append(respond(spec, state, model, party.examples, party.labels, int(index), party.name))
-                bar.update()
-            down = len(json.dumps(downlink(spec, state)))
-            up = int(np.mean([len(json.dumps(rounds.report_body(spec, report))) for report in reports]))
-            state, record = rounds.close(spec, state, reports)
-            record["bytes_per_party"] = {"sent": up, "received": down}
-            record["evaluations"] = int(sum(getattr(report, "evaluations", 0) for report in reports))
-            record["seconds"] = time.perf_counter() - round_started
+            state, record = play_round(spec, federation, state, bar.update)
             if record["kind"] == "start" or (record["kind"] == "search" and record["round"] % eval_every == 0):
                 record["accuracy"] = evaluate(state, state.mean, state.mean_round)
             record["elapsed"] = time.perf_counter() - started
             results["rounds"].append(record)
             results["state"] = state.to_dict()
-            bar.set_postfix(loss=f"{record['loss']:.4f}", best=f"r{record['best_round']}", acc=record.get("accuracy", "-"))
+            bar.set_postfix(
+                loss=f"{record['loss']:.4f}", best=f"r{record['best_round']}", acc=record.get("accuracy", "-")
+            )
             save()
         if results["status"] == "running":
             finish(results, spec, state, evaluate)
@@ -201,19 +225,20 @@ def summary_line(results: dict) -> str:
     """The machine-readable last line of ``fedbpt simulate``."""
     searched = [record for record in results["rounds"] if "bytes_per_party" in record and record["kind"] == "search"]
     per_round = int(np.mean([sum(r["bytes_per_party"].values()) for r in searched])) if searched else 0
+    figures = {key: results.get(f"{key}_accuracy", float("nan")) for key in ("start", "last", "final")}
     return (
-        f"task={results['spec']['task'] if isinstance(results['spec']['task'], str) else results['spec']['task']['name']}"
-        f" zero_shot={results['zero_shot']:.4f} zero_shot_calibrated={results['zero_shot_calibrated']:.4f}"
-        f" start={results.get('start_accuracy', float('nan')):.4f} last={results.get('last_accuracy', float('nan')):.4f}"
-        f" final={results.get('final_accuracy', float('nan')):.4f} bytes_per_party_round={per_round}"
+        f"task={from_dict(results['spec']).task_name} zero_shot={results['zero_shot']:.4f} "
+        f"zero_shot_calibrated={results['zero_shot_calibrated']:.4f} "
+        + " ".join(f"{key}={value:.4f}" for key, value in figures.items())
+        + f" bytes_per_party_round={per_round}"
     )
 
 
 def summary(results: dict) -> str:
-    spec = results["spec"]
+    spec = from_dict(results["spec"])
     lines = [
-        f"{spec['federation']['aggregator']} on {spec['task'] if isinstance(spec['task'], str) else spec['task']['name']}"
-        f" with {spec['model']['name']}: {results['status']} after {len(results['rounds'])} rounds in "
+        f"{spec.federation.aggregator} on {spec.task_name} with {spec.model.name}: {results['status']} after "
+        f"{len(results['rounds'])} rounds in "
         f"{results.get('seconds', 0):.0f} s",
         f"  zero-shot            {results['zero_shot']:.4f} (calibrated {results['zero_shot_calibrated']:.4f})",
     ]
@@ -229,7 +254,8 @@ def summary(results: dict) -> str:
                 f"{record['loss']:.4f}  step {record['sigma']:.3f}{note}"
             )
         else:
-            lines.append(f"  round {record['round']:3d}  final: loss of round {record['scored_round']}'s prompt {record['loss']:.4f}")
+            scored = f"round {record['scored_round']}'s prompt"
+            lines.append(f"  round {record['round']:3d}  final: loss of {scored} {record['loss']:.4f}")
     if "final_accuracy" in results:
         lines.append(
             f"  returned prompt: after round {results['best_round']}, accuracy {results['final_accuracy']:.4f} "

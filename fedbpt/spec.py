@@ -61,7 +61,7 @@ class PromptSpec:
     def __post_init__(self) -> None:
         unknown = [start for start in self.starts if start not in STARTS]
         if unknown or len(set(self.starts)) != len(self.starts):
-            raise ValueError(f"prompt.starts must be distinct names from {list(STARTS)}, got {list(self.starts)}")
+            raise ValueError(f"starts must be distinct names from {list(STARTS)}, got {list(self.starts)}")
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -81,7 +81,7 @@ class SearchSpec:
 
     def __post_init__(self) -> None:
         if self.step_floor > self.step:
-            raise ValueError(f"search.step_floor ({self.step_floor}) cannot exceed search.step ({self.step})")
+            raise ValueError(f"step_floor ({self.step_floor}) cannot exceed step ({self.step})")
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -96,14 +96,9 @@ class FederationSpec:
 
     def __post_init__(self) -> None:
         if self.per_round > self.parties:
-            raise ValueError(
-                f"federation.parties_per_round ({self.parties_per_round}) cannot exceed federation.parties "
-                f"({self.parties})"
-            )
+            raise ValueError(f"parties_per_round ({self.parties_per_round}) cannot exceed parties ({self.parties})")
         if self.needed > self.per_round:
-            raise ValueError(
-                f"federation.quorum ({self.quorum}) cannot exceed parties_per_round ({self.per_round})"
-            )
+            raise ValueError(f"federation.quorum ({self.quorum}) cannot exceed parties_per_round ({self.per_round})")
 
     @property
     def per_round(self) -> int:
@@ -149,6 +144,10 @@ class JobSpec:
         return self
 
     @property
+    def task_name(self) -> str:
+        return self.task["name"] if isinstance(self.task, dict) else Path(self.task).stem
+
+    @property
     def pinned(self) -> bool:
         return bool(self.model.identity and self.prompt.fingerprint)
 
@@ -182,11 +181,17 @@ def to_dict(spec: JobSpec) -> dict:
     return ADAPTER.dump_python(spec, mode="json")
 
 
-def replace(spec: JobSpec, **sections: dict | Any) -> JobSpec:
-    """A copy with some settings changed: ``replace(spec, search={"step": 0.1}, seed=43)``, validated."""
+SECTIONS = ("model", "prompt", "search", "federation", "data")
+
+
+def replace(spec: JobSpec, **changes: dict | Any) -> JobSpec:
+    """A copy with some settings changed, validated: ``replace(spec, search={"step": 0.1}, seed=43)``.
+
+    A section's dict is merged into the section; any other value (a task file's content too) replaces the old one.
+    """
     data = to_dict(spec)
-    for key, value in sections.items():
-        data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+    for key, value in changes.items():
+        data[key] = {**data[key], **value} if key in SECTIONS else value
     return from_dict(data)
 
 

@@ -33,8 +33,8 @@ KINDS = ("edge", "edge-cached", "transformers", "fedprompt")
 CACHED_PROJECTION_MB = 64  # edge-cached: the edge client with --projection-cache-mb 64 (keeps SmolLM2's 58 MB)
 
 
-def child(kind: str, cap_mb: int, spec: dict, args: argparse.Namespace) -> dict:
-    """Runs in the child process: pin, cap, then one round of this kind of client on the job ``spec``."""
+def child(kind: str, cap_mb: int, job: dict, args: argparse.Namespace) -> dict:
+    """Runs in the child process: pin, cap, then one round of this kind of client on the job's spec ``job``."""
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     if cap_mb:
         resource.setrlimit(resource.RLIMIT_AS, (cap_mb * 2**20, cap_mb * 2**20))
@@ -44,22 +44,22 @@ def child(kind: str, cap_mb: int, spec: dict, args: argparse.Namespace) -> dict:
     import numpy as np
 
     from clients.party import DataChoice, party_examples
-    from fedbpt.aggregate import GlobalState
-    from fedbpt.job import prompted_model, search_config
+    from fedbpt.job import prompted_model
     from fedbpt.models import load_backend
-    from fedbpt.objective import Objective
-    from fedbpt.search import local_search, party_seed
+    from fedbpt.rounds import GlobalState
+    from fedbpt.search import respond
+    from fedbpt.spec import from_dict
 
+    spec = from_dict(job)
     start = time.perf_counter()
     if edge:
         backend = edge_backend(spec, None, args.quant, threads=1, context=args.context)
         cache_mb = CACHED_PROJECTION_MB if kind == "edge-cached" else 0
         model = prompted_model(spec, backend, projection_cache_bytes=cache_mb * 2**20)
     else:
-        backend = load_backend(spec["model"]["name"], dtype="bfloat16", threads=1)
+        backend = load_backend(spec.model.name, dtype="bfloat16", threads=1)
         model = prompted_model(spec, backend)
-    choice = DataChoice(shard=0, shards=10, examples_per_party=args.examples, eval_examples=0)
-    train, _ = party_examples(spec, choice)
+    train, _ = party_examples(spec, DataChoice(shard=0))
     labels = np.array([example.label for example in train])
     loaded = time.perf_counter()
     examples = model.encode(train)
@@ -67,11 +67,9 @@ def child(kind: str, cap_mb: int, spec: dict, args: argparse.Namespace) -> dict:
         from fedbpt.baselines.prompt_tuning import LocalTraining, fedprompt_round, initial_soft_prompt
 
         fedprompt_round(model, initial_soft_prompt(model), examples, labels, LocalTraining(epochs=1), seed=0)
-    else:
-        config = search_config(spec)
-        seed = party_seed(spec["seed"], 0, 1)
-        objective = Objective.for_round(model, examples, labels, config.loss, config.perturb_rate, seed)
-        local_search(GlobalState.initial(model.projection.dim, 1.0), objective, config, seed, "bench", len(train))
+    else:  # the first search round, from the job's first start
+        state = GlobalState(1, np.zeros(spec.prompt.dim), spec.search.step, spec.prompt.starts[0])
+        respond(spec, state, model, examples, labels, 0, "bench")
     done = time.perf_counter()
     return {"rss_mb": peak_rss_mb(), "round_s": done - start, "search_s": done - loaded}
 
@@ -84,14 +82,21 @@ def peak_rss_mb() -> float:
 
 
 def job_spec(args: argparse.Namespace) -> dict:
-    """The job as a server would hand it out (made here from the GGUF file, so without torch)."""
-    from fedbpt.job import make_spec
+    """The job as a server would hand it out: 10 parties of ``--examples`` SST-2 sentences, pinned here to the
+    GGUF file (so without torch)."""
+    from fedbpt.job import pin
     from fedbpt.models import load_llama_backend
-    from fedbpt.search import SearchConfig
+    from fedbpt.spec import from_dict, to_dict
 
-    backend = load_llama_backend(args.model, threads=1)
-    search = SearchConfig(population=5, iterations=args.iterations)
-    return make_spec(backend, args.model, "sst2", search=search, projection_alpha=0.5)
+    spec = from_dict(
+        {
+            "model": {"name": args.model},
+            "search": {"population": 5, "iterations": args.iterations},
+            "federation": {"parties": 10},
+            "data": {"examples_per_party": args.examples},
+        }
+    )
+    return to_dict(pin(spec, load_llama_backend(args.model, threads=1)))
 
 
 def run(kind: str, cap_mb: int, spec_file: Path, args: argparse.Namespace) -> dict:

@@ -16,8 +16,9 @@ import time
 
 import numpy as np
 
-from fedbpt.job import make_spec, prompted_model
+from fedbpt.job import prompted_model
 from fedbpt.models import load_backend
+from fedbpt.spec import JobSpec, ModelSpec
 
 
 def main() -> None:
@@ -28,10 +29,10 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=32)
     args = parser.parse_args()
     backend = load_backend(args.model, threads=args.threads, engine="llama.cpp")
-    model = prompted_model(make_spec(backend, args.model, "sst2"), backend)
+    model = prompted_model(JobSpec(model=ModelSpec(args.model)), backend)
     rows = model.task.load_eval()[: args.examples]
     encoded = model.encode(rows)
-    z = np.random.default_rng(0).normal(size=(5, model.projection.dim))
+    z = np.random.default_rng(0).normal(size=(5, model.projection.dim)) * JobSpec().search.step
     prompts = model.p0[None] + model.projection(z)
     scorers = {
         "ours": lambda: backend.label_logits(prompts, encoded, model.label_ids),

@@ -2,27 +2,27 @@
 
     .venv/bin/python scripts/bench_server.py --clients 1000 [--rounds 3] [--think 5] [--port 0] [--keep-db]
 
-The server runs as its own process on a fresh SQLite database in a temporary folder. The parties are
+The server runs as its own process on a fresh SQLite database in a temporary folder. The job has one
+starting prompt (so no start round), ``--rounds`` search rounds and the final scoring round. The parties are
 asyncio tasks on one event loop, each with its own httpx.AsyncClient; there is no model: each party sends a
-valid random update of the real dimension (500 numbers, about 2.9 KB). Each follows the loop of
-clients/party.py with sleeps in place of the model: it joins at a random time in [0, think) s and fetches
-the open round; on every new round it evaluates the global prompt (a uniform [0, think) s delay) and
-reports the accuracy, runs its local search (another uniform [0, think) s delay) and submits its update,
-then long-polls for the next round; when the job ends it reports the final prompt's accuracy. A round closes
-when all N updates are in (parties_per_round = N), so the slowest party sets the pace and all N
-long-polls wake at once.
+valid random report of the real dimension (an update of 500 numbers, about 1.6 KB as float16; the final
+round's single loss). Each follows the loop of clients/party.py with sleeps in place of the model: it joins at
+a random time in [0, think) s and fetches the open round; when the round's global prompt is new to it, it
+evaluates it (a uniform [0, think) s delay) and reports the accuracy; it answers the round (another uniform
+[0, think) s delay) and submits its report, then long-polls for the next round. A round closes when all N
+reports are in (parties_per_round = N), so the slowest party sets the pace and all N long-polls wake at once.
 
 Request kinds, timed on the client from sending to the full response (so they include this process's
 own event-loop delay, printed as "client loop lag"):
-  submit      POST .../rounds/{r}/updates that did not close the round
-  close       the one submit per round that closed it: it also aggregates all N updates
-  evaluation  POST .../rounds/{r}/evaluations
+  submit      POST .../rounds/{r}/reports that did not close the round
+  close       the one submit per round that closed it: it also closes the round over all N reports
+  evaluation  POST .../rounds/{k}/evaluations
   fetch       GET .../round without wait, answered at once
   wake        not a request: from the round closing (server clock) to a long-polling party holding the
               next round; the time a long-poll is held waiting for the round is excluded
 
 Last line: clients=<N> p99_ms=<x> updates_per_s=<y>. p99_ms covers every request answered at once
-(submit, close, evaluation, fetch); updates_per_s is accepted updates over the seconds from the start of
+(submit, close, evaluation, fetch); updates_per_s is accepted reports over the seconds from the start of
 the rounds phase to the last round closing, so it is bounded by the think time (--think 0 measures
 capacity). Target: N = 1000 with p99 < 100 ms.
 """
@@ -52,6 +52,7 @@ import httpx
 import numpy as np
 
 from fedbpt.protocol import encode_vector
+from fedbpt.spec import from_dict, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "bench-admin-token-" + "0" * 16
@@ -59,8 +60,8 @@ DIM, ITERATIONS = 500, 4
 MAX_WAIT_S = 60.0
 IMMEDIATE = ("submit", "close", "evaluation", "fetch")
 MEANING = {
-    "submit": "POST update, send -> response",
-    "close": "POST update that closed the round (aggregates N)",
+    "submit": "POST report, send -> response",
+    "close": "POST report that closed the round (closes over N)",
     "evaluation": "POST evaluation, send -> response",
     "fetch": "GET round without wait, send -> response",
     "wake": "round closed (server clock) -> party has next round",
@@ -171,17 +172,17 @@ def cpu_wait_seconds(pid: int) -> float:
 
 
 def job_spec(clients: int, rounds: int) -> dict:
-    return {
-        "name": "bench",
-        "task": "sst2",
-        "model": {"name": "synthetic", "identity": "synthetic", "hidden_size": 32},
-        "projection": {"seed": 1, "dim": DIM, "n_tokens": 50, "scale": 0.01, "fingerprint": "0123456789abcdef"},
-        "search": {"population": 5, "iterations": ITERATIONS, "loss": "ce", "perturb_rate": 0.5},
-        "rounds": rounds,
-        "parties_per_round": clients,
-        "quorum": clients,
-        "round_deadline_s": 3600,
-    }
+    """A spec pinned to a model that does not exist (no party loads one here)."""
+    spec = from_dict(
+        {
+            "name": "bench",
+            "model": {"name": "synthetic", "identity": "synthetic", "hidden_size": 32},
+            "prompt": {"dim": DIM, "starts": ["preamble"], "scale": 0.01, "fingerprint": "0123456789abcdef"},
+            "search": {"iterations": ITERATIONS},
+            "federation": {"parties": clients, "rounds": rounds, "deadline_s": 3600},
+        }
+    )
+    return to_dict(spec)
 
 
 async def set_up(client: httpx.AsyncClient, recorder: Recorder, args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -200,14 +201,25 @@ async def set_up(client: httpx.AsyncClient, recorder: Recorder, args: argparse.N
     return job_id, list(await asyncio.gather(*(issue(index) for index in range(args.clients))))
 
 
-def random_update(rng: np.random.Generator, round_number: int) -> dict:
+def random_report(rng: np.random.Generator, info: dict) -> dict:
+    """A valid report for the round ``info`` describes: an update in a search round, a loss in the final round."""
+    n_examples = int(rng.integers(16, 200))
+    if info["kind"] != "search":
+        return {
+            "kind": "scores",
+            "round": info["round"],
+            "losses": [float(rng.uniform(0.5, 0.7))],
+            "n_examples": n_examples,
+        }
     return {
-        "round": round_number,
-        "mean": encode_vector(rng.normal(0.0, 0.1, DIM)),
-        "sigmas": [float(s) for s in rng.uniform(0.5, 1.0, ITERATIONS)],
-        "sigma": float(rng.uniform(0.5, 1.0)),
+        "kind": "search",
+        "round": info["round"],
+        "loss": float(rng.uniform(0.5, 0.7)),
+        "mean": encode_vector(rng.normal(0.0, 0.1, DIM), "float16"),
+        "sigmas": [float(s) for s in rng.uniform(0.1, 0.15, ITERATIONS)],
+        "sigma": float(rng.uniform(0.1, 0.15)),
         "fitness": float(rng.uniform(0.2, 0.8)),
-        "n_examples": int(rng.integers(16, 200)),
+        "n_examples": n_examples,
     }
 
 
@@ -234,15 +246,16 @@ class Party:
     async def run(self) -> None:
         await asyncio.sleep(self.pause.uniform(0, self.think))
         info = await self.send("fetch", "GET", "/round")
-        while True:
-            await asyncio.sleep(self.pause.uniform(0, self.think))  # evaluating the global prompt
-            report = {"accuracy": float(self.rng.uniform(0.5, 0.9)), "n_examples": int(self.rng.integers(16, 200))}
-            await self.send("evaluation", "POST", f"/rounds/{info['round']}/evaluations", json=report)
-            if info["status"] != "running":
-                return
-            await asyncio.sleep(self.pause.uniform(0, self.think))  # the local search
-            update = random_update(self.rng, info["round"])
-            await self.send("submit", "POST", f"/rounds/{info['round']}/updates", json=update)
+        evaluated = set()
+        while info["status"] == "running":
+            if info["mean_round"] not in evaluated:
+                await asyncio.sleep(self.pause.uniform(0, self.think))  # evaluating the global prompt
+                report = {"accuracy": float(self.rng.uniform(0.5, 0.9)), "n_examples": int(self.rng.integers(16, 200))}
+                await self.send("evaluation", "POST", f"/rounds/{info['mean_round']}/evaluations", json=report)
+                evaluated.add(info["mean_round"])
+            await asyncio.sleep(self.pause.uniform(0, self.think))  # the local search, or scoring the prompt
+            body = random_report(self.rng, info)
+            await self.send("submit", "POST", f"/rounds/{info['round']}/reports", json=body)
             info = await self.next_round(info["round"])
 
     async def next_round(self, after: int) -> dict:
@@ -272,7 +285,7 @@ def server_p99_bounds(metrics: str) -> dict[str, str]:
         if not match:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
-        if labels["method"] == "POST" and labels["route"].endswith(("/updates", "/evaluations")):
+        if labels["method"] == "POST" and labels["route"].endswith(("/reports", "/evaluations")):
             buckets[labels["route"].rsplit("/", 1)[1]][float(labels["le"])] += float(match["count"])
     bounds = {}
     for route, counts in buckets.items():
@@ -326,7 +339,7 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
             server_wait = cpu_wait_seconds(server.pid) - server_wait
             client_wait = cpu_wait_seconds(os.getpid()) - client_wait
             watcher.cancel()
-        closed = {record["round"] - 1: record["closed"] for record in (await history(client, job_id))["rounds"]}
+        closed = {record["round"]: record["closed"] for record in (await history(client, job_id))["rounds"]}
         metrics = (await client.get("/metrics")).text
     return {
         "recorder": recorder,
@@ -346,7 +359,8 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
 def report(args: argparse.Namespace, result: dict) -> None:
     recorder, seconds = result["recorder"], result["seconds"]
     print(
-        f"{args.clients} parties, {args.rounds} rounds, think U(0, {args.think:g}) s, update dim {DIM}; "
+        f"{args.clients} parties, {args.rounds} search rounds and the final one, think U(0, {args.think:g}) s, "
+        f"dim {DIM}; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; setup (job + tokens) {result['setup_s']:.1f} s"
     )
     print("\n".join(table(recorder, result["wakes"], seconds)))

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The main job as a real federation: a uvicorn server, a job, and 3 client processes on Dirichlet
-# shards of SST-2 talking HTTP on 127.0.0.1; prints the learning curve and the learned prompt's
-# accuracy against zero-shot. A few minutes on a 2-core CPU. Logs and the prompt go to runs/demo/.
+# shards of SST-2 talking HTTP on 127.0.0.1; prints the job's rounds (the start round, the search
+# rounds, the final round) and the returned prompt's accuracy against zero-shot. A few minutes on a
+# 2-core CPU. Logs and the prompt go to runs/demo/.
+#   bash scripts/demo.sh [seed]     (default 42: the projection, the data split and the search)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+seed=${1:-42}
 bash scripts/setup.sh
 run=runs/demo
 mkdir -p "$run"
@@ -29,14 +32,16 @@ sys.exit("the server did not start; see runs/demo/server.log")
 PY
 echo "server up at $FEDBPT_SERVER (log: $run/server.log)"
 
-"$fedbpt" job create --rounds 3 --parties 3 --local-iterations 4 --tokens-out "$run/tokens.json"
+# The job's spec defines the parties' data: party i of 3 holds shard i of a seeded Dirichlet split of 48
+# training sentences, and scores each prompt on its third of the first 300 dev sentences.
+"$fedbpt" job create --task sst2 --parties 3 --rounds 3 --iterations 4 --examples-per-party 16 \
+    --eval-examples 300 --seed "$seed" --tokens-out "$run/tokens.json"
 job=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["job"])' "$run/tokens.json")
 clients=()
 for shard in 0 1 2; do
     token=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["tokens"][sys.argv[2]])' \
         "$run/tokens.json" "party-$shard")
-    FEDBPT_TOKEN="$token" "$fedbpt" client --shard "$shard" --shards 3 --examples-per-party 16 \
-        --eval-examples 300 --threads 1 >"$run/client-$shard.log" 2>&1 &
+    FEDBPT_TOKEN="$token" "$fedbpt" client --shard "$shard" --threads 1 >"$run/client-$shard.log" 2>&1 &
     clients+=($!)
     pids+=($!)
 done
@@ -46,5 +51,5 @@ for pid in "${clients[@]}"; do
 done
 
 "$fedbpt" job history "$job"
-"$fedbpt" job prompt "$job" --out "$run/prompt.json"
+"$fedbpt" job prompt "$job" --which best --out "$run/prompt.json"
 "$fedbpt" evaluate --prompt "$run/prompt.json" --eval-examples 400

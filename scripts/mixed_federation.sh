@@ -34,14 +34,14 @@ run_job() {  # run_job <name> <kind of party 0..3>...
     local name=$1 dir=$runs/$1
     shift
     mkdir -p "$dir"
-    "$fedbpt" job create --rounds "$rounds" --parties 4 --local-iterations "$iterations" --seed "$seed" \
-        --tokens-out "$dir/tokens.json"
+    "$fedbpt" job create --task sst2 --rounds "$rounds" --parties 4 --iterations "$iterations" \
+        --examples-per-party 16 --eval-examples 200 --seed "$seed" --tokens-out "$dir/tokens.json"
     local job clients=() shard=0
     job=$($py -c 'import json, sys; print(json.load(open(sys.argv[1]))["job"])' "$dir/tokens.json")
     for kind in "$@"; do
         export FEDBPT_TOKEN=$($py -c 'import json, sys; print(json.load(open(sys.argv[1]))["tokens"][sys.argv[2]])' \
             "$dir/tokens.json" "party-$shard")
-        local data=(--shard "$shard" --shards 4 --examples-per-party 16 --eval-examples 200 --threads 1)
+        local data=(--shard "$shard" --threads 1)
         if [ "$kind" = transformers ]; then
             "$fedbpt" client "${data[@]}" >"$dir/client-$shard.log" 2>&1 &
         else
@@ -53,7 +53,7 @@ run_job() {  # run_job <name> <kind of party 0..3>...
     done
     for pid in "${clients[@]}"; do wait "$pid" || { echo "a client failed; see $dir/client-*.log" >&2; exit 1; }; done
     "$fedbpt" job history "$job" | tee "$dir/history.txt"
-    "$fedbpt" job prompt "$job" --out "$dir/prompt.json"
+    "$fedbpt" job prompt "$job" --which best --out "$dir/prompt.json"
     "$fedbpt" evaluate --prompt "$dir/prompt.json" | tee "$dir/evaluate.txt"
 }
 

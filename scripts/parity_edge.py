@@ -1,15 +1,15 @@
 """Parity of the llama.cpp backend with the transformers backend on the same weights.
 
-One prompt z (a random draw at the search's scale, sigma 1) is scored on SST-2 dev sentences by
-SmolLM2-135M in transformers (fp32, the packaged Q4_1 weights dequantized) and by llama.cpp on the
+One prompt z (a random draw at the job's step, as a search round's candidates are) is scored on SST-2 dev
+sentences by SmolLM2-135M in transformers (fp32, the packaged Q4_1 weights dequantized) and by llama.cpp on the
 packaged Q4_1 file and on f16, Q8_0 and Q4_0 files re-quantized from it (``fedbpt models prepare``).
 Each backend builds its starting prompt p0 from its own embeddings, as a party does; the projection and
 its scale are the job's. Prints prediction agreement, mean and max |logit difference| and accuracy.
 
 Then what a party's local search needs from its model: that it ranks candidates as the reference does.
 On each of the 4 Dirichlet shards of the mixed federation (``scripts/mixed_federation.sh``), 16 candidates
-(z = 0 and 15 draws at sigma 1) get the search's fitness (clean / perturbed loss) from each backend; the
-last column is the Spearman correlation of the variant's fitness with the reference's, one per shard.
+(z = 0 and 15 draws at the job's step) get the search's fitness (clean / perturbed loss) from each backend;
+the last column is the Spearman correlation of the variant's fitness with the reference's, one per shard.
 
     .venv/bin/python scripts/parity_edge.py [--examples 200] [--threads 2]
 """
@@ -23,24 +23,25 @@ import time
 import numpy as np
 
 from clients.party import DataChoice, party_examples
-from fedbpt.job import make_spec, prompted_model, search_config
+from fedbpt.job import pin, prompted_model
 from fedbpt.models import load_backend, prepare
 from fedbpt.objective import Objective, PromptedModel
 from fedbpt.search import party_seed
+from fedbpt.spec import JobSpec, from_dict
 
 SHARDS = 4
 CANDIDATES = 16
 
 
-def shard_fitness(spec: dict, model: PromptedModel, candidates: np.ndarray) -> list[np.ndarray]:
+def shard_fitness(spec: JobSpec, model: PromptedModel, candidates: np.ndarray) -> list[np.ndarray]:
     """The search's fitness of each candidate on each shard of the mixed federation, under ``model``."""
-    config, fitness = search_config(spec), []
+    search, fitness = spec.search, []
     for shard in range(SHARDS):
-        train, _ = party_examples(spec, DataChoice(shard=shard, shards=SHARDS, eval_examples=0))
+        train, _ = party_examples(spec, DataChoice(shard=shard))
         examples = model.encode(train)
         labels = np.array([example.label for example in train])
-        seed = party_seed(spec["seed"], shard, 1)
-        fitness.append(Objective.for_round(model, examples, labels, config.loss, config.perturb_rate, seed)(candidates))
+        seed = party_seed(spec.seed, shard, 1)
+        fitness.append(Objective.for_round(model, examples, labels, search.loss, search.perturb_rate, seed)(candidates))
     return fitness
 
 
@@ -55,8 +56,9 @@ def main() -> None:
     parser.add_argument("--variants", default="q4_1,f16,q8_0,q4_0")
     args = parser.parse_args()
     reference = load_backend("smollm2-135m", dtype="float32", threads=args.threads)
-    spec = make_spec(reference, "smollm2-135m", "sst2", projection_alpha=0.5)
-    z = np.random.default_rng(0).normal(size=spec["projection"]["dim"])
+    spec = pin(from_dict({"federation": {"parties": SHARDS}}), reference)  # the mixed federation's job
+    step = spec.search.step
+    z = step * np.random.default_rng(0).normal(size=spec.prompt.dim)
     model = prompted_model(spec, reference)
     rows = model.task.load_eval()[: args.examples]
     labels = np.array([row.label for row in rows])
@@ -65,7 +67,8 @@ def main() -> None:
     expected = model.logits(z, encoded)[0]
     seconds = time.perf_counter() - start
     print(f"transformers fp32: accuracy {(expected.argmax(-1) == labels).mean():.3f} ({seconds:.1f} s)")
-    candidates = np.vstack([np.zeros(len(z)), np.random.default_rng(1).normal(size=(CANDIDATES - 1, len(z)))])
+    draws = step * np.random.default_rng(1).normal(size=(CANDIDATES - 1, len(z)))
+    candidates = np.vstack([np.zeros(len(z)), draws])
     reference_fitness = shard_fitness(spec, model, candidates)
     columns = f"{'agreement':>9s} {'mean|diff|':>10s} {'max|diff|':>9s} {'accuracy':>8s} {'MiB':>6s} {'s':>5s}"
     print(f"{'llama.cpp file':16s} {columns}  fitness rank correlation per shard")

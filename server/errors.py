@@ -23,7 +23,10 @@ def _explain(error: dict) -> str:
         reason = error.get("ctx", {}).get("error", "decode error")
         return f"the body is not valid JSON: {reason} at character {error['loc'][-1]}"
     where = ".".join(str(part) for part in error["loc"] if part != "body")
-    return f"{where or 'body'}: {error['msg']}"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and not where:  # the job spec's own error, which names its keys
+        return message
+    return f"{where or 'body'}: {message}"
 
 
 def _describe(errors: list[dict]) -> str:

@@ -11,9 +11,9 @@ class Metrics:
         self.rounds = Counter(
             "fedbpt_rounds_closed_total", "Rounds closed, by reason", ["reason"], registry=self.registry
         )
-        self.updates = Counter(
-            "fedbpt_updates_total",
-            "Updates received, by outcome (accepted, duplicate, rejected_<reason>)",
+        self.reports = Counter(
+            "fedbpt_reports_total",
+            "Reports received, by outcome (accepted, duplicate, rejected_<reason>)",
             ["outcome"],
             registry=self.registry,
         )

@@ -1,13 +1,30 @@
-"""The API's schema: pydantic models that are both its documentation and its validation."""
+"""The API's schema: pydantic models that are both its documentation and its validation.
+
+A job's spec is the core's ``fedbpt.spec.JobSpec`` itself. Its dataclasses are strict, which refuses the plain
+dicts FastAPI validates request and response bodies from, so ``Spec`` parses them with ``fedbpt.spec.from_dict``
+(the same one-line errors naming the dotted key as everywhere else); the OpenAPI schema is JobSpec's, with its
+constraints. A report is what ``fedbpt.rounds.report_body`` makes: a search round's update or a scoring round's
+losses, told apart by ``kind``.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from fedbpt.tasks import BUILTIN_TASKS, task_from_dict
+from fedbpt.objective import STARTS
+from fedbpt.rounds import KINDS
+from fedbpt.spec import JobSpec, from_dict
+
+Status = Literal["running", "finished", "cancelled"]
+
+
+def _spec(value: Any) -> JobSpec:
+    return value if isinstance(value, JobSpec) else from_dict(value)
+
+
+Spec = Annotated[JobSpec, BeforeValidator(_spec)]
 
 
 class Strict(BaseModel):
@@ -16,63 +33,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
-class ModelIdentity(Strict):
-    name: str = Field(min_length=1, max_length=500, description="what a party passes to --model")
-    identity: str = Field(min_length=1, max_length=500, description="the loaded model's identity")
-    hidden_size: int = Field(gt=0, le=65536)
-
-
-class ProjectionSpec(Strict):
-    seed: int
-    dim: int = Field(500, ge=1, le=100_000)
-    n_tokens: int = Field(50, ge=1, le=4096)
-    scale: float = Field(gt=0)
-    fingerprint: str = Field(min_length=8, max_length=64)
-
-
-class SearchSpec(Strict):
-    population: int = Field(5, ge=2, le=10_000)
-    iterations: int = Field(8, ge=1, le=10_000)
-    loss: Literal["ce", "hinge"] = "ce"
-    perturb_rate: float = Field(0.5, ge=0, lt=1)
-
-
-class JobSpec(Strict):
-    name: str = Field("", max_length=200)
-    task: str | dict = Field(description="a built-in task name, or a task file's content (an object)")
-    model: ModelIdentity
-    projection: ProjectionSpec
-    placement: Literal["before", "after"] = "before"
-    search: SearchSpec = SearchSpec()
-    aggregator: Literal["fedbpt", "fedavg"] = "fedbpt"
-    sigma_rule: Literal["code", "paper"] = "code"
-    sigma0: float = Field(1.0, gt=0, le=1000)
-    sigma_floor: float = Field(0.5, ge=0, le=1000)
-    rounds: int = Field(ge=1, le=100_000)
-    parties_per_round: int = Field(ge=1, le=100_000, description="a round closes as soon as this many updates arrive")
-    quorum: int = Field(ge=1, le=100_000, description="after the deadline, a round closes once this many arrived")
-    round_deadline_s: float = Field(600.0, gt=0, le=7 * 24 * 3600)
-    seed: int = 42
-
-    @model_validator(mode="after")
-    def _consistent(self) -> JobSpec:
-        if self.quorum > self.parties_per_round:
-            raise ValueError(f"quorum ({self.quorum}) cannot exceed parties_per_round ({self.parties_per_round})")
-        if isinstance(self.task, str) and self.task not in BUILTIN_TASKS:
-            raise ValueError(f"unknown task {self.task!r}: use one of {list(BUILTIN_TASKS)} or a task file's content")
-        if isinstance(self.task, dict):
-            task_from_dict(self.task, Path("."), "the job's task file")  # checks the keys; data stays with parties
-        return self
-
-
 class Job(BaseModel):
     id: str
-    status: Literal["running", "finished", "cancelled"]
-    round: int = Field(description="the open round (0-based); equals spec.rounds once finished")
+    status: Status
+    round: int = Field(description="the open round: 0 chooses the start, 1..R search, R + 1 scores the last prompt")
+    kind: Literal[KINDS]
     sigma: float
-    spec: JobSpec
+    spec: Spec
     parties: list[str]
-    updates_this_round: int
+    reports_this_round: int
 
 
 class PartyIn(Strict):
@@ -102,18 +71,27 @@ class Me(BaseModel):
 
 
 class RoundInfo(BaseModel):
+    """The open round as ``fedbpt.rounds.round_message`` describes it, with the job's status and deadline."""
+
     job: str
-    status: Literal["running", "finished", "cancelled"]
+    status: Status
     round: int
-    mean: str = Field(description="the global mean z, base64 little-endian float32")
-    sigma: float
+    kind: Literal[KINDS] = Field(description="start: score the starting prompts; search: search; final: score")
+    mean: str = Field(description="the round's global prompt z, base64 little-endian floats of the job's wire")
+    sigma: float = Field(description="the step the round's local searches start with")
+    start: str = Field(description="the chosen starting prompt ('' while the start round is open)")
+    mean_round: int = Field(description="the round after which mean was the global prompt")
     deadline: float | None = Field(description="unix time after which the round closes at quorum")
-    submitted: bool = Field(description="whether this party's update for the round is in")
+    submitted: bool = Field(description="whether this party's report for the round is in")
 
 
-class UpdateIn(Strict):
+class SearchReport(Strict):
+    """A search round's report: the party's update (``fedbpt.aggregate.Update``)."""
+
+    kind: Literal["search"]
     round: int = Field(ge=0)
-    mean: str | list[float] = Field(description="base64 little-endian float32, or a list of numbers")
+    loss: float = Field(description="the party's training loss of the round's global prompt")
+    mean: str | list[float] = Field(description="base64 little-endian floats of the job's wire, or a list")
     sigmas: list[float] = Field(min_length=1, max_length=10_000)
     sigma: float
     fitness: float
@@ -122,26 +100,38 @@ class UpdateIn(Strict):
     seconds: float = Field(0.0, ge=0)
 
 
+class ScoresReport(Strict):
+    """A scoring round's report: the party's training loss of each candidate (``fedbpt.aggregate.Scores``)."""
+
+    kind: Literal["scores"]
+    round: int = Field(ge=0)
+    losses: list[float] = Field(min_length=1, max_length=len(STARTS))
+    n_examples: int = Field(ge=1, le=100_000_000)
+    seconds: float = Field(0.0, ge=0)
+
+
+Report = Annotated[SearchReport | ScoresReport, Field(discriminator="kind")]
+
+
 class Accepted(BaseModel):
     job: str
     party: str
     round: int
-    duplicate: bool = Field(description="true when this exact update had already been accepted")
+    duplicate: bool = Field(description="true when this exact report had already been accepted")
     round_closed: bool
 
 
 class EvaluationIn(Strict):
     accuracy: float = Field(ge=0, le=1)
     n_examples: int = Field(ge=1, le=100_000_000)
-    loss: float | None = None
 
 
 class Prompt(BaseModel):
-    """Everything needed to rebuild the soft prompt: z plus the job's spec (model, projection, task)."""
+    """A prompt file (``fedbpt.job.LearnedPrompt``): z, its start and the job's spec rebuild it anywhere."""
 
     job: str
-    which: Literal["final", "best"]
-    round: int
-    accuracy: float | None
-    z: str
-    spec: JobSpec
+    round: int = Field(description="the prompt after this round")
+    loss: float | None = Field(description="its pooled training loss, once a round has scored it")
+    start: str
+    z: str = Field(description="base64 little-endian float32")
+    spec: Spec

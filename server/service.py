@@ -1,9 +1,11 @@
-"""The coordinator: jobs, parties, rounds and results on top of the store and the core's ``aggregate``.
+"""The coordinator: jobs, parties, rounds and results on top of the store and the core's round machine.
 
-Every method that changes state does it in one unit of work (``Store.write``), so a request either
+A job's rounds are ``fedbpt.rounds``: the start round (0, skipped with a single starting prompt), the search
+rounds 1..R and the final scoring round R + 1, each closed by ``rounds.close`` exactly as the simulator closes
+it. Every method that changes state does it in one unit of work (``Store.write``), so a request either
 happens completely or not at all, and nothing is answered before it is committed. Round closing is
-deterministic: the updates of a round are aggregated in party order (and ``aggregate`` itself ranks
-them by fitness), so a run resumed after a crash ends with the same prompt.
+deterministic: the reports of a round are closed in party order, so a run resumed after a crash ends with
+the same prompt.
 
 Two in-memory caches answer the busiest reads without the store (and its lock): parties by token
 hash, and each job's current round (``RoundView``). They assume one server process, the only writer of
@@ -20,10 +22,11 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-import numpy as np
-
-from fedbpt import aggregate
-from fedbpt.aggregate import GlobalState, InvalidUpdate, Update
+from fedbpt import rounds
+from fedbpt.aggregate import InvalidUpdate
+from fedbpt.job import LearnedPrompt
+from fedbpt.rounds import GlobalState
+from fedbpt.spec import JobSpec, from_dict, to_dict
 from server.errors import ApiError
 from server.metrics import Metrics
 from server.store import Store
@@ -41,39 +44,58 @@ class RoundView:
     """A job's current round as its parties fetch it (GET .../round): the answer is encoded once per job
     state, with and without ``submitted``, so the long-polls that one closed round wakes share it."""
 
-    def __init__(self, job: dict, submitted: set[str]):
-        state, spec = job["state"], job["spec"]
-        self.round, self.status = state["round"], job["status"]
-        self.submitted = submitted  # the parties whose update for this round is in (grows as they arrive)
+    def __init__(self, job: dict, spec: JobSpec, submitted: set[str]):
+        state = GlobalState.from_dict(job["state"])
+        self.round, self.status = state.round, job["status"]
+        self.submitted = submitted  # the parties whose report for this round is in (grows as they arrive)
+        running = self.status == "running"
         answer = {
             "job": job["id"],
             "status": self.status,
-            "round": self.round,
-            "mean": state["mean"],
-            "sigma": state["sigma"],
-            "deadline": job["round_opened"] + spec["round_deadline_s"] if self.status == "running" else None,
+            **rounds.round_message(spec, state),
+            "deadline": job["round_opened"] + spec.federation.deadline_s if running else None,
         }
-        self._encoded = {flag: json.dumps({**answer, "submitted": flag}).encode() for flag in (False, True)}
+        self._encoded = {
+            flag: json.dumps({**answer, "submitted": flag}, separators=(",", ":")).encode() for flag in (False, True)
+        }
 
     def answer(self, party: str) -> bytes:
         """The RoundInfo JSON for ``party``."""
         return self._encoded[party in self.submitted]
 
 
-def _weighted_accuracy(rows: list[dict]) -> float | None:
+def _weighted_accuracy(rows: list[dict]) -> dict:
+    """The parties' reports on one prompt, pooled: accuracy over all their held-out rows."""
     total = sum(row["n_examples"] for row in rows)
-    return sum(row["accuracy"] * row["n_examples"] for row in rows) / total if total else None
+    accuracy = sum(row["accuracy"] * row["n_examples"] for row in rows) / total
+    return {"round": rows[0]["round"], "accuracy": accuracy, "n_examples": total, "parties": len(rows)}
+
+
+def _scored_loss(records: list[dict], prompt_round: int) -> float | None:
+    """The pooled training loss of the prompt after ``prompt_round``, from the latest round that scored it."""
+    for record in reversed(records):
+        if record.get("scored_round", 0) == prompt_round:  # the start round scores the prompt after round 0
+            return record["loss"]
+    return None
 
 
 class Coordinator:
     def __init__(self, store: Store, metrics: Metrics, notify: Callable[[str], None], clock=time.time):
         self.store, self.metrics, self.notify, self.clock = store, metrics, notify, clock
+        self._specs: dict[str, JobSpec] = {}
         self._party_by_token = {party["token_hash"]: party for party in store.parties_with_tokens()}
         self._rounds = {job["id"]: self._read_round(job["id"]) for job in store.jobs()}
 
+    def _spec(self, job: dict) -> JobSpec:
+        """The job's spec, parsed once (a job's spec never changes)."""
+        if job["id"] not in self._specs:
+            self._specs[job["id"]] = from_dict(job["spec"])
+        return self._specs[job["id"]]
+
     def _read_round(self, job_id: str) -> RoundView:
         job = self.store.job(job_id)
-        return RoundView(job, set(self.store.submitters(job_id, job["state"]["round"])))
+        submitted = set(self.store.submitters(job_id, job["state"]["round"]))
+        return RoundView(job, self._spec(job), submitted)
 
     def _refresh_round(self, job_id: str) -> None:
         """Inside a unit of work that changed the job: its round view follows once that commits."""
@@ -85,7 +107,7 @@ class Coordinator:
         self.store.after_commit(publish)
 
     def _note_submitted(self, job_id: str, round_number: int, party: str) -> None:
-        """Inside a unit of work that stored the party's update: its round view says so once that commits."""
+        """Inside a unit of work that stored the party's report: its round view says so once that commits."""
 
         def publish() -> None:
             view = self._rounds[job_id]
@@ -111,23 +133,30 @@ class Coordinator:
         return job
 
     def view(self, job: dict) -> dict:
-        state = job["state"]
+        state = GlobalState.from_dict(job["state"])
         return {
             "id": job["id"],
             "status": job["status"],
-            "round": state["round"],
-            "sigma": state["sigma"],
+            "round": state.round,
+            "kind": rounds.kind(self._spec(job), state),
+            "sigma": state.sigma,
             "spec": job["spec"],
             "parties": [party["name"] for party in self.store.parties(job["id"])],
-            "updates_this_round": self.store.count_updates(job["id"], state["round"]),
+            "reports_this_round": self.store.count_reports(job["id"], state.round),
         }
 
-    def create_job(self, spec: dict) -> dict:
+    def create_job(self, spec: JobSpec) -> dict:
+        if not spec.pinned:
+            raise ApiError(
+                422,
+                "unpinned_spec",
+                "the spec is not pinned to a model (model.identity, prompt.fingerprint); create jobs with "
+                "'fedbpt job create', which loads the model and pins them",
+            )
         job_id = secrets.token_hex(6)
-        state = GlobalState.initial(spec["projection"]["dim"], spec["sigma0"])
 
         def add() -> None:
-            self.store.add_job(job_id, spec, state.to_dict(), self.clock())
+            self.store.add_job(job_id, to_dict(spec), rounds.initial(spec).to_dict(), self.clock())
             self._refresh_round(job_id)
 
         self.store.write(add)
@@ -196,7 +225,7 @@ class Coordinator:
         return view
 
     async def submit(self, job_id: str, party: str, round_number: int, body: dict) -> dict:
-        """Store a party's update (the route awaits it on the event loop: parties are many, threads few)."""
+        """Store a party's report (the route awaits it on the event loop: parties are many, threads few)."""
         accepted = await self.store.write_async(lambda: self._submit(job_id, party, round_number, body))
         if accepted["round_closed"]:
             self.notify(job_id)
@@ -205,72 +234,61 @@ class Coordinator:
     def _submit(self, job_id: str, party: str, round_number: int, body: dict) -> dict:
         fingerprint = digest(body)
         job = self.job(job_id)
-        existing = self.store.update(job_id, round_number, party)
+        existing = self.store.report(job_id, round_number, party)
         if existing is not None:
             if existing["digest"] != fingerprint:
                 self._reject("conflict")
                 raise ApiError(
                     409,
-                    "conflicting_update",
-                    f"party {party!r} already sent a different update for round {round_number}; "
-                    "one update per party per round",
+                    "conflicting_report",
+                    f"party {party!r} already sent a different report for round {round_number}; "
+                    "one report per party per round",
                 )
-            self.metrics.updates.labels("duplicate").inc()
+            self.metrics.reports.labels("duplicate").inc()
             return {"job": job_id, "party": party, "round": round_number, "duplicate": True, "round_closed": False}
         if job["status"] != "running":
             self._reject("job_not_running")
-            raise ApiError(409, "job_not_running", f"job {job_id} is {job['status']}; no more updates")
-        state, spec = GlobalState.from_dict(job["state"]), job["spec"]
-        if round_number != state.round:
-            self._reject("stale_round" if round_number < state.round else "future_round")
-            raise ApiError(
-                409,
-                "stale_round" if round_number < state.round else "future_round",
-                f"round {round_number} is {'closed' if round_number < state.round else 'not open yet'}; the "
-                f"open round is {state.round}: fetch GET /v1/jobs/{job_id}/round and search from it",
-            )
+            raise ApiError(409, "job_not_running", f"job {job_id} is {job['status']}; no more reports")
+        spec, state = self._spec(job), GlobalState.from_dict(job["state"])
+        self._check_open(job_id, state, round_number)
         try:
-            update = Update.from_dict({**body, "party": party})
-            aggregate.validate(state, update)
-            if len(update.sigmas) > spec["search"]["iterations"]:
-                raise InvalidUpdate(
-                    f"sigmas has {len(update.sigmas)} entries; the job runs {spec['search']['iterations']} "
-                    "local iterations"
-                )
+            rounds.validate(spec, state, rounds.report_from_body(spec, party, body))
         except InvalidUpdate as error:
             self._reject("invalid")
-            raise ApiError(422, "invalid_update", str(error)) from None
-        self.store.add_update(job_id, round_number, party, body, fingerprint, self.clock())
+            raise ApiError(422, "invalid_report", str(error)) from None
+        self.store.add_report(job_id, round_number, party, body, fingerprint, self.clock())
         self._note_submitted(job_id, round_number, party)
-        self.metrics.updates.labels("accepted").inc()
-        closed = self.store.count_updates(job_id, round_number) >= spec["parties_per_round"]
+        self.metrics.reports.labels("accepted").inc()
+        closed = self.store.count_reports(job_id, round_number) >= spec.federation.per_round
         if closed:
-            self._close(job, state, "parties_per_round")
+            self._close(job, spec, state, "parties_per_round")
         return {"job": job_id, "party": party, "round": round_number, "duplicate": False, "round_closed": closed}
 
-    def _reject(self, reason: str) -> None:
-        self.metrics.updates.labels(f"rejected_{reason}").inc()
-
-    def _close(self, job: dict, state: GlobalState, reason: str) -> None:
-        """Aggregate the open round's updates and open the next round (or finish). Inside a unit of work."""
-        spec, now = job["spec"], self.clock()
-        updates = [Update.from_dict(body) for body in self.store.updates(job["id"], state.round)]
-        new = aggregate.apply(
-            spec["aggregator"], state, updates, spec["sigma_rule"], spec["search"]["population"], spec["sigma_floor"]
+    def _check_open(self, job_id: str, state: GlobalState, round_number: int) -> None:
+        if round_number == state.round:
+            return
+        code = "stale_round" if round_number < state.round else "future_round"
+        self._reject(code)
+        raise ApiError(
+            409,
+            code,
+            f"round {round_number} is {'closed' if round_number < state.round else 'not open yet'}; the open "
+            f"round is {state.round}: fetch GET /v1/jobs/{job_id}/round and answer it",
         )
-        record = {
-            "round": new.round,
-            "reason": reason,
-            "parties": [update.party for update in updates],
-            "train_fitness": float(np.average([u.fitness for u in updates], weights=[u.n_examples for u in updates])),
-            "sigma": new.sigma,
-            "mean_norm": float(np.linalg.norm(new.mean)),
-            "seconds": now - job["round_opened"],
-            "closed": now,
-            "state": new.to_dict(),
-        }
+
+    def _reject(self, reason: str) -> None:
+        self.metrics.reports.labels(f"rejected_{reason}").inc()
+
+    def _close(self, job: dict, spec: JobSpec, state: GlobalState, reason: str) -> None:
+        """Close the open round with its reports and open the next one (or finish). Inside a unit of work."""
+        now = self.clock()
+        reports = [
+            rounds.report_from_body(spec, party, body) for party, body in self.store.reports(job["id"], state.round)
+        ]
+        new, record = rounds.close(spec, state, reports)
+        record |= {"reason": reason, "seconds": now - job["round_opened"], "closed": now}
         self.store.add_round(job["id"], state.round, reason, record, now)
-        status = "finished" if new.round >= spec["rounds"] else "running"
+        status = "finished" if rounds.finished(spec, new) else "running"
         self.store.set_job(job["id"], status, new.to_dict(), now)
         self._refresh_round(job["id"])
         self.metrics.rounds.labels(reason).inc()
@@ -286,73 +304,73 @@ class Coordinator:
 
     def _close_if_due(self, job_id: str) -> bool:
         job = self.job(job_id)
-        state, spec = GlobalState.from_dict(job["state"]), job["spec"]
-        overdue = self.clock() >= job["round_opened"] + spec["round_deadline_s"]
-        due = job["status"] == "running" and overdue and self.store.count_updates(job_id, state.round) >= spec["quorum"]
+        spec, state = self._spec(job), GlobalState.from_dict(job["state"])
+        overdue = self.clock() >= job["round_opened"] + spec.federation.deadline_s
+        due = (
+            job["status"] == "running"
+            and overdue
+            and self.store.count_reports(job_id, state.round) >= spec.federation.needed
+        )
         if due:
-            self._close(job, state, "deadline")
+            self._close(job, spec, state, "deadline")
         return due
 
     # results
-    async def report(self, job_id: str, party: str, round_number: int, report: dict) -> bool:
-        """Store a party's evaluation of the global prompt after ``round_number`` rounds; True if new."""
-        return await self.store.write_async(lambda: self._report(job_id, party, round_number, report))
+    async def evaluate(self, job_id: str, party: str, prompt_round: int, evaluation: dict) -> bool:
+        """Store a party's held-out accuracy of the prompt after ``prompt_round``; True if new."""
+        return await self.store.write_async(lambda: self._evaluate(job_id, party, prompt_round, evaluation))
 
-    def _report(self, job_id: str, party: str, round_number: int, report: dict) -> bool:
+    def _evaluate(self, job_id: str, party: str, prompt_round: int, evaluation: dict) -> bool:
         job = self.job(job_id)
-        if round_number > job["state"]["round"]:
+        spec, state = self._spec(job), GlobalState.from_dict(job["state"])
+        if prompt_round > spec.federation.rounds:
+            rounds_note = f"job {job_id} has {spec.federation.rounds} search rounds"
+            raise ApiError(422, "no_such_prompt", f"{rounds_note}: there is no prompt after round {prompt_round}")
+        if prompt_round >= state.round:
             raise ApiError(
                 409,
                 "future_round",
-                f"there is no global prompt after round {round_number} yet (the job is at round "
-                f"{job['state']['round']})",
+                f"there is no global prompt after round {prompt_round} yet (the open round is {state.round})",
             )
-        existing = self.store.evaluation(job_id, round_number, party)
+        existing = self.store.evaluation(job_id, prompt_round, party)
         if existing is not None:
-            same = existing["accuracy"] == report["accuracy"] and existing["n_examples"] == report["n_examples"]
+            same = existing["accuracy"] == evaluation["accuracy"] and existing["n_examples"] == evaluation["n_examples"]
             if not same:
-                raise ApiError(409, "conflicting_evaluation", f"party {party!r} already reported round {round_number}")
+                message = f"party {party!r} already reported another accuracy of the prompt after round {prompt_round}"
+                raise ApiError(409, "conflicting_evaluation", message)
             return False
-        self.store.add_evaluation(job_id, round_number, party, report, self.clock())
+        self.store.add_evaluation(job_id, prompt_round, party, evaluation, self.clock())
         return True
 
     def history(self, job_id: str) -> dict:
+        """The closed rounds' records, the chosen start, the best prompt so far and, per prompt round, the
+        parties' pooled held-out accuracy of that prompt."""
         job = self.job(job_id)
+        state = GlobalState.from_dict(job["state"])
         by_round: dict[int, list[dict]] = {}
         for row in self.store.evaluations(job_id):
             by_round.setdefault(row["round"], []).append(row)
-        rounds = []
-        for record in self.store.rounds(job_id):
-            record = {key: value for key, value in record.items() if key != "state"}
-            evaluations = by_round.get(record["round"], [])
-            record["accuracy"] = _weighted_accuracy(evaluations)
-            record["evaluated_by"] = len(evaluations)
-            rounds.append(record)
-        initial = by_round.get(0, [])
+        best = state.best and {"round": state.best.round, "loss": state.best.loss}
         return {
             "job": job_id,
             "status": job["status"],
-            "initial_accuracy": _weighted_accuracy(initial),
-            "rounds": rounds,
+            "round": state.round,
+            "start": state.start,
+            "best": best,
+            "rounds": self.store.rounds(job_id),
+            "accuracy": [_weighted_accuracy(rows) for rows in by_round.values()],
         }
 
     def prompt(self, job_id: str, which: str) -> dict:
+        """The best prompt so far (by pooled training loss) or the last global prompt, as a prompt file."""
         job = self.job(job_id)
-        history = self.history(job_id)
-        states = {0: GlobalState.initial(job["spec"]["projection"]["dim"], job["spec"]["sigma0"]).to_dict()}
-        states.update({record["round"]: record["state"] for record in self.store.rounds(job_id)})
-        accuracy = {0: history["initial_accuracy"], **{r["round"]: r["accuracy"] for r in history["rounds"]}}
-        chosen = job["state"]["round"]
+        state = GlobalState.from_dict(job["state"])
+        if not state.start:
+            raise ApiError(409, "no_prompt_yet", f"job {job_id} is still choosing its start (round 0): no prompt yet")
         if which == "best":
-            scored = [r for r in states if accuracy.get(r) is not None]
-            if not scored:
-                raise ApiError(404, "no_evaluations", "no party has reported an evaluation yet; use which=final")
-            chosen = max(scored, key=lambda r: (accuracy[r], r))
-        return {
-            "job": job_id,
-            "which": which,
-            "round": chosen,
-            "accuracy": accuracy.get(chosen),
-            "z": states[chosen]["mean"],
-            "spec": job["spec"],
-        }
+            best = rounds.best_prompt(state)
+            z, prompt_round, loss = best.mean, best.round, best.loss
+        else:
+            z, prompt_round = state.mean, state.mean_round
+            loss = _scored_loss(self.store.rounds(job_id), prompt_round)
+        return LearnedPrompt(self._spec(job), state.start, z, prompt_round, loss, job_id).to_dict()

@@ -1,8 +1,11 @@
-"""Durable state in SQLite: jobs, parties, updates, closed rounds and evaluations.
+"""Durable state in SQLite: jobs, parties, reports, closed rounds and evaluations.
 
 Every write happens inside ``write()`` and is committed (synchronous=FULL) before the request that
-caused it is answered, so a SIGKILL never loses an accepted update. The SQL is plain and the
+caused it is answered, so a SIGKILL never loses an accepted report. The SQL is plain and the
 service layer only calls the methods below, so another SQL database can replace this class.
+
+A closed round's record is keyed by its round number (0 the start round, 1..R the search rounds, R + 1 the
+final one); an evaluation by the round after which the evaluated prompt was the global one.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ CREATE TABLE IF NOT EXISTS parties (
 CREATE TABLE IF NOT EXISTS enrollments (
     secret_hash TEXT PRIMARY KEY, job_id TEXT NOT NULL, name TEXT NOT NULL, redeemed REAL
 );
-CREATE TABLE IF NOT EXISTS updates (
+CREATE TABLE IF NOT EXISTS reports (
     job_id TEXT NOT NULL, round INTEGER NOT NULL, party TEXT NOT NULL, body TEXT NOT NULL,
     digest TEXT NOT NULL, received REAL NOT NULL, PRIMARY KEY (job_id, round, party)
 );
@@ -39,13 +42,18 @@ CREATE TABLE IF NOT EXISTS rounds (
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     job_id TEXT NOT NULL, round INTEGER NOT NULL, party TEXT NOT NULL, accuracy REAL NOT NULL,
-    n_examples INTEGER NOT NULL, loss REAL, received REAL NOT NULL, PRIMARY KEY (job_id, round, party)
+    n_examples INTEGER NOT NULL, received REAL NOT NULL, PRIMARY KEY (job_id, round, party)
 );
 """
+SCHEMA_VERSION = 2  # 2: job specs are fedbpt.spec.JobSpec, reports of every round kind
 
 T = TypeVar("T")
 MAX_BATCH = 256  # units of work committed together at most (see Store.write)
 logger = logging.getLogger("fedbpt.store")
+
+
+class StoreError(RuntimeError):
+    """A database this server cannot use; the message says what to do."""
 
 
 class Store:
@@ -55,11 +63,24 @@ class Store:
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._create_schema(path)
         self._units: queue.SimpleQueue[tuple[Callable[[], Any], Future] | None] = queue.SimpleQueue()
         self._changes: list[Callable[[], None]] = []
         self._writer = threading.Thread(target=self._write_batches, name="store-writer", daemon=True)
         self._writer.start()
+
+    def _create_schema(self, path: str) -> None:
+        """Create the tables in a new database; refuse one that an older server wrote."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if tables and version != SCHEMA_VERSION:
+            self._db.close()
+            raise StoreError(
+                f"database {path} was written by another version of the fedbpt server (schema {version}, this one "
+                f"uses {SCHEMA_VERSION}); point FEDBPT_DB at a new file"
+            )
+        self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._units.put(None)
@@ -203,29 +224,30 @@ class Store:
     def redeem(self, secret_hash: str, now: float) -> None:
         self._run("UPDATE enrollments SET redeemed = ? WHERE secret_hash = ?", now, secret_hash)
 
-    # updates
-    def add_update(self, job_id: str, round_number: int, party: str, body: dict, digest: str, now: float) -> None:
+    # reports
+    def add_report(self, job_id: str, round_number: int, party: str, body: dict, digest: str, now: float) -> None:
         self._run(
-            "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?)", job_id, round_number, party, json.dumps(body), digest, now
+            "INSERT INTO reports VALUES (?, ?, ?, ?, ?, ?)", job_id, round_number, party, json.dumps(body), digest, now
         )
 
-    def update(self, job_id: str, round_number: int, party: str) -> dict | None:
+    def report(self, job_id: str, round_number: int, party: str) -> dict | None:
         return self._one(
-            "SELECT * FROM updates WHERE job_id = ? AND round = ? AND party = ?", job_id, round_number, party
+            "SELECT * FROM reports WHERE job_id = ? AND round = ? AND party = ?", job_id, round_number, party
         )
 
-    def updates(self, job_id: str, round_number: int) -> list[dict]:
+    def reports(self, job_id: str, round_number: int) -> list[tuple[str, dict]]:
+        """(party, report body) of every report of the round, in party order."""
         rows = self._all(
-            "SELECT party, body FROM updates WHERE job_id = ? AND round = ? ORDER BY party", job_id, round_number
+            "SELECT party, body FROM reports WHERE job_id = ? AND round = ? ORDER BY party", job_id, round_number
         )
-        return [{**json.loads(row["body"]), "party": row["party"]} for row in rows]
+        return [(row["party"], json.loads(row["body"])) for row in rows]
 
     def submitters(self, job_id: str, round_number: int) -> list[str]:
-        rows = self._all("SELECT party FROM updates WHERE job_id = ? AND round = ?", job_id, round_number)
+        rows = self._all("SELECT party FROM reports WHERE job_id = ? AND round = ?", job_id, round_number)
         return [row["party"] for row in rows]
 
-    def count_updates(self, job_id: str, round_number: int) -> int:
-        return self._one("SELECT COUNT(*) AS n FROM updates WHERE job_id = ? AND round = ?", job_id, round_number)["n"]
+    def count_reports(self, job_id: str, round_number: int) -> int:
+        return self._one("SELECT COUNT(*) AS n FROM reports WHERE job_id = ? AND round = ?", job_id, round_number)["n"]
 
     # rounds and evaluations
     def add_round(self, job_id: str, round_number: int, reason: str, record: dict, now: float) -> None:
@@ -237,13 +259,12 @@ class Store:
 
     def add_evaluation(self, job_id: str, round_number: int, party: str, report: dict, now: float) -> None:
         self._run(
-            "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
             job_id,
             round_number,
             party,
             report["accuracy"],
             report["n_examples"],
-            report.get("loss"),
             now,
         )
 
@@ -254,6 +275,6 @@ class Store:
 
     def evaluations(self, job_id: str) -> list[dict]:
         return self._all(
-            "SELECT round, party, accuracy, n_examples, loss FROM evaluations WHERE job_id = ? ORDER BY round, party",
+            "SELECT round, party, accuracy, n_examples FROM evaluations WHERE job_id = ? ORDER BY round, party",
             job_id,
         )

@@ -18,6 +18,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from fedbpt.backends.hf import TransformersBackend
 from fedbpt.tasks import builtin_task
 
+# The tiny models' matrices are too small for a second thread to help; on a busy 2-core machine it costs 10-100x.
+torch.set_num_threads(1)
+
 
 def word_tokenizer(size: int = 3000) -> PreTrainedTokenizerFast:
     counts = Counter(word for example in builtin_task("sst2").load_train()[:20000] for word in example.text.split())

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from fedbpt.spec import from_dict, replace, to_dict
+
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,18 +75,23 @@ def admin_headers() -> dict:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def tiny_spec(**overrides) -> dict:
-    """A valid job spec without a model (for tests that send synthetic updates)."""
-    spec = {
-        "name": "test",
-        "task": "sst2",
-        "model": {"name": "tiny", "identity": "tiny", "hidden_size": 32},
-        "projection": {"seed": 1, "dim": 8, "n_tokens": 2, "scale": 0.01, "fingerprint": "0123456789abcdef"},
-        "search": {"population": 4, "iterations": 2, "loss": "ce", "perturb_rate": 0.0},
-        "rounds": 3,
-        "parties_per_round": 2,
-        "quorum": 2,
-        "round_deadline_s": 600,
-    }
-    spec.update(overrides)
-    return spec
+def tiny_spec(**sections) -> dict:
+    """A valid, pinned job spec without a model (for tests that send synthetic reports): one starting prompt (so
+    the job opens at search round 1), 3 search rounds, 2 parties. ``sections`` change settings as
+    ``fedbpt.spec.replace`` does: ``tiny_spec(federation={"rounds": 1})``."""
+    spec = from_dict(
+        {
+            "name": "test",
+            "model": {"name": "tiny", "identity": "tiny", "hidden_size": 32},
+            "prompt": {
+                "dim": 8,
+                "n_tokens": 2,
+                "starts": ["preamble"],
+                "scale": 0.01,
+                "fingerprint": "0123456789abcdef",
+            },
+            "search": {"population": 4, "iterations": 2, "perturb_rate": 0.0, "step": 0.5, "step_floor": 0.05},
+            "federation": {"parties": 2, "rounds": 3},
+        }
+    )
+    return to_dict(replace(spec, **sections))

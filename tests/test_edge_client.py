@@ -12,9 +12,9 @@ from tiny_gguf import write_tiny_gguf
 
 from clients.api import Api
 from fedbpt.backends.llama import quantize
-from fedbpt.job import make_spec
+from fedbpt.job import pin
 from fedbpt.models import load_backend
-from fedbpt.search import SearchConfig
+from fedbpt.spec import from_dict, to_dict
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +27,12 @@ def tiny_files(tmp_path_factory):
 
 
 def client_command(kind: str, server: ServerProcess, token: str, model, shard: int) -> list[str]:
+    """The same options for both clients: the edge client's are ``fedbpt client``'s."""
     options = ["--server", server.url, "--token", token, "--model", str(model), "--shard", str(shard)]
-    options += ["--shards", "3", "--examples-per-party", "6", "--eval-examples", "30", "--threads", "1"]
+    options += ["--eval-examples", "30", "--threads", "1"]
     if kind == "edge":  # -X importtime lists every module the process imports
         return [sys.executable, "-X", "importtime", "-m", "clients.edge", *options]
-    return [sys.executable, "-m", "fedbpt.cli", "client", "--dtype", "float32", *options]
+    return [sys.executable, "-m", "clients.cli", "client", "--dtype", "float32", *options]
 
 
 def imported_modules(importtime_output: str) -> set[str]:
@@ -46,13 +47,21 @@ def test_an_edge_client_trains_with_transformers_clients_and_imports_no_torch(tm
     full, quantized = tiny_files
     monkeypatch.setenv("FEDBPT_CACHE", str(tmp_path / "cache"))
     reference = load_backend(str(full), dtype="float32")  # also makes the transformers copy the clients share
-    search = SearchConfig(population=4, iterations=2, perturb_rate=0.5)
-    spec = make_spec(reference, str(full), "sst2", rounds=2, parties_per_round=3, search=search, dim=16, n_tokens=3)
+    spec = from_dict(
+        {
+            "model": {"name": str(full)},
+            "prompt": {"dim": 16, "n_tokens": 3, "starts": ["preamble", "vocabulary"]},
+            "search": {"population": 4, "iterations": 2, "step": 0.5},
+            "federation": {"parties": 3, "rounds": 1},
+            "data": {"examples_per_party": 6},
+        }
+    )
+    spec = pin(spec, reference)
     server = ServerProcess(tmp_path / "server.db").start()
     clients = []
     try:
         admin = Api(server.url, ADMIN_TOKEN)
-        job = admin.create_job(spec)["id"]
+        job = admin.create_job(to_dict(spec))["id"]
         tokens = [admin.add_party(job, f"party-{i}")["token"] for i in range(3)]
         kinds = [("transformers", full), ("transformers", full), ("edge", quantized)]
         for shard, ((kind, model), token) in enumerate(zip(kinds, tokens, strict=True)):
@@ -63,14 +72,15 @@ def test_an_edge_client_trains_with_transformers_clients_and_imports_no_torch(tm
         results = [client.communicate(timeout=300) for client in clients]
         for client, (out, err) in zip(clients, results, strict=True):
             assert client.returncode == 0, err.decode()[-3000:]
-            assert "finished after round 2" in out.decode()
+            assert "finished after round 2" in out.decode()  # the start round, a search round, the final round
         edge_modules = imported_modules(results[2][1].decode())
         assert {"llama_cpp", "numpy", "cma", "httpx"} <= edge_modules
         assert not edge_modules & {"torch", "transformers", "accelerate", "safetensors"}
         history = admin.history(job)
         assert history["status"] == "finished"
-        assert all(sorted(r["parties"]) == ["party-0", "party-1", "party-2"] for r in history["rounds"])
-        assert history["rounds"][-1]["evaluated_by"] == 3
+        assert [record["kind"] for record in history["rounds"]] == ["start", "search", "final"]
+        assert all(record["parties"] == ["party-0", "party-1", "party-2"] for record in history["rounds"])
+        assert all(entry["parties"] == 3 for entry in history["accuracy"])
     finally:
         for client in clients:
             client.kill()

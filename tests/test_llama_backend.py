@@ -11,10 +11,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedbpt.backends.hf import TransformersBackend
 from fedbpt.backends.llama import LlamaCppBackend, quantize
-from fedbpt.job import JobMismatch, make_spec, prompted_model
+from fedbpt.job import JobMismatch, pin, prompted_model
 from fedbpt.models import ModelNotFound, available_models, gguf_file, load_backend, prepare
 from fedbpt.objective import PromptedModel
 from fedbpt.projection import Projection
+from fedbpt.spec import JobSpec, from_dict
 from fedbpt.tasks import builtin_task
 
 TASK = builtin_task("sst2")
@@ -82,7 +83,7 @@ def test_llama_cpp_and_transformers_agree_on_the_same_weights(llama, transformer
 
 
 def test_quantized_variants_share_the_identity_and_a_different_model_is_refused(tiny_file, llama, tmp_path):
-    spec = make_spec(llama, str(tiny_file), "sst2", dim=40, n_tokens=6)
+    spec = pin(from_dict({"model": {"name": str(tiny_file)}, "prompt": {"dim": 40, "n_tokens": 6}}), llama)
     quantized = tmp_path / "tiny.q8_0.gguf"
     quantize(tiny_file, quantized, "q8_0")
     assert quantized.stat().st_size < tiny_file.stat().st_size / 3
@@ -100,7 +101,7 @@ def test_real_model_scores_agree_across_backends():
     """SmolLM2's packaged Q4_1 file in llama.cpp against its dequantized weights in transformers (fp32)."""
     reference = load_backend("smollm2-135m", dtype="float32", threads=2)
     edge = load_backend("smollm2-135m", threads=2, engine="llama.cpp")
-    spec = make_spec(reference, "smollm2-135m", "sst2", projection_alpha=0.5)
+    spec = pin(JobSpec(), reference)
     z = np.random.default_rng(0).normal(size=500)
     rows = TASK.load_eval()[:16]
     logits = []

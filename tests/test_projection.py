@@ -46,11 +46,16 @@ def test_projection_is_linear_and_scaled():
     np.testing.assert_allclose(projection(z[0]), prompts[0], rtol=1e-5, atol=1e-5)
 
 
-def test_projected_prompt_std_matches_bbt_scale():
-    dim, sigma0, embedding_std = 500, 1.0, 0.05
-    projection = Projection(2, dim, 8, 64, projection_scale(embedding_std, dim, sigma0))
-    z = np.random.default_rng(1).normal(scale=sigma0, size=(16, dim))
+def test_projection_scale_is_embedding_std_over_root_dim():
+    assert projection_scale(0.05, 400) == pytest.approx(0.05 / 20)
+
+
+def test_a_unit_step_in_z_moves_prompts_by_about_the_embedding_std():
+    dim, embedding_std = 500, 0.05
+    projection = Projection(2, dim, 8, 64, projection_scale(embedding_std, dim))
+    z = np.random.default_rng(1).normal(size=(16, dim))
     assert projection(z).std() == pytest.approx(embedding_std, rel=0.1)
+    assert projection(0.3 * z).std() == pytest.approx(0.3 * embedding_std, rel=0.1)
 
 
 def test_wrong_shape_is_refused():

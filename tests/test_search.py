@@ -1,129 +1,170 @@
-import json
+"""One party's work: the local searches on a toy objective, and ``respond`` on the tiny model in each kind of round."""
 
 import numpy as np
 import pytest
 
-from fedbpt import aggregate, simulate
-from fedbpt.aggregate import GlobalState
-from fedbpt.search import SearchConfig, local_search, party_seed
-from fedbpt.simulate import SimulationConfig
+from fedbpt import rounds
+from fedbpt.aggregate import Scores, Update
+from fedbpt.job import prompted_model
+from fedbpt.protocol import on_wire
+from fedbpt.rounds import Best, GlobalState
+from fedbpt.search import cma_search, local_search, party_seed, respond, zo_search
+from fedbpt.spec import SearchSpec, from_dict
+from fedbpt.tasks import builtin_task
 
-TARGET = np.linspace(-1.0, 1.0, 30)
+DIM = 30
+TARGET = np.linspace(-1.0, 1.0, DIM)
+CMA = SearchSpec(population=8, iterations=30)
+ZO = SearchSpec(method="zo-sgd", population=8, iterations=40, learning_rate=0.05)
 
 
 def sphere(population: np.ndarray) -> np.ndarray:
     return np.sum((population - TARGET) ** 2, axis=1)
 
 
-def test_local_search_lowers_a_toy_objective_and_reports_its_work():
-    state = GlobalState.initial(30, 0.5)
-    config = SearchConfig(population=8, iterations=30)
-    update = local_search(state, sphere, config, seed=3, party="p", n_examples=12)
-    assert update.fitness < 0.5 * sphere(state.mean[None])[0]
-    assert update.fitness == pytest.approx(sphere(update.mean[None])[0])
-    assert len(update.sigmas) == 30 and update.evaluations == 30 * 8 + 1
-    assert update.n_examples == 12 and update.round == 0 and update.seconds > 0
-    aggregate.validate(state, update)
+START_LOSS = float(sphere(np.zeros((1, DIM)))[0])
 
 
-def test_local_search_is_reproducible_per_seed():
-    state = GlobalState.initial(30, 0.5)
-    config = SearchConfig(population=4, iterations=3)
-    first, again, other = (local_search(state, sphere, config, seed, "p", 1) for seed in (5, 5, 6))
-    np.testing.assert_array_equal(first.mean, again.mean)
-    assert not np.array_equal(first.mean, other.mean)
+def test_cma_search_lowers_a_toy_objective_and_reports_its_steps():
+    mean, sigmas, sigma, queries = cma_search(np.zeros(DIM), 0.5, sphere, CMA, seed=3)
+    assert sphere(mean[None])[0] < 0.5 * START_LOSS
+    assert len(sigmas) == CMA.iterations and sigmas[0] == 0.5 and sigma > 0
+    assert queries == CMA.iterations * CMA.population
 
 
-@pytest.mark.parametrize("rule", ["fedbpt", "fedavg"])
-def test_federated_rounds_lower_a_toy_objective(rule):
-    state = GlobalState.initial(30, 0.5)
-    config = SearchConfig(population=5, iterations=4)
-    for round_number in range(8):
-        updates = [
-            local_search(state, sphere, config, party_seed(1, party, round_number), f"p{party}", 10)
-            for party in range(4)
-        ]
-        state = getattr(aggregate, rule)(state, updates)
-    assert sphere(state.mean[None])[0] < 0.5 * sphere(np.zeros((1, 30)))[0]
+def test_zo_search_lowers_a_toy_objective_with_at_most_the_population_per_iteration():
+    mean, sigmas, sigma, queries = zo_search(np.zeros(DIM), 0.1, sphere, ZO, seed=3)
+    assert sphere(mean[None])[0] < 0.1 * START_LOSS
+    assert sigmas == (0.1,) * ZO.iterations and sigma == 0.1
+    assert queries == ZO.iterations * ZO.population  # 4 antithetic pairs
+
+
+def test_zo_search_queries_one_pair_with_an_odd_population_of_three():
+    counted = []
+
+    def counting(population):
+        counted.append(len(population))
+        return sphere(population)
+
+    zo_search(np.zeros(DIM), 0.1, counting, SearchSpec(method="zo-sgd", population=3, iterations=2), seed=1)
+    assert counted == [2, 2]
+
+
+@pytest.mark.parametrize("search_function, search", [(cma_search, CMA), (zo_search, ZO)], ids=["cma-es", "zo-sgd"])
+def test_the_same_seed_reproduces_the_search(search_function, search):
+    first, again, other = (search_function(np.zeros(DIM), 0.3, sphere, search, seed)[0] for seed in (5, 5, 6))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("wire", ["float16", "float32"])
+def test_local_search_rounds_the_mean_to_the_wire_and_scores_the_rounded_mean(wire):
+    state = GlobalState(3, np.zeros(DIM), 0.5, "preamble")
+    update = local_search(state, sphere, CMA, seed=3, party="p", n_examples=12, loss=0.75, wire=wire)
+    np.testing.assert_array_equal(update.mean, on_wire(update.mean, wire))
+    assert update.fitness == sphere(update.mean[None])[0]
+    assert (update.party, update.round, update.loss, update.n_examples) == ("p", 3, 0.75, 12)
+    assert update.evaluations == CMA.iterations * CMA.population + 1 and update.seconds > 0
+
+
+def test_float16_rounding_changes_a_searched_mean():
+    state = GlobalState(1, np.zeros(DIM), 0.5, "preamble")
+    rounded = local_search(state, sphere, CMA, 3, "p", 1, 0.5, "float16").mean
+    exact = cma_search(np.zeros(DIM), 0.5, sphere, CMA, 3)[0]
+    assert not np.array_equal(rounded, exact)
+    np.testing.assert_allclose(rounded, exact, rtol=1e-3)
 
 
 def test_party_seeds_differ_between_parties_and_rounds():
     seeds = {party_seed(42, party, round_number) for party in range(10) for round_number in range(10)}
     assert len(seeds) == 100 and min(seeds) >= 1
+    assert party_seed(42, 3, 4) == party_seed(42, 3, 4) != party_seed(43, 3, 4)
 
 
-def test_search_config_is_checked():
-    with pytest.raises(ValueError, match="population"):
-        SearchConfig(population=1)
-    with pytest.raises(ValueError, match="loss"):
-        SearchConfig(loss="mse")
-    with pytest.raises(ValueError, match="perturb_rate"):
-        SearchConfig(perturb_rate=1.0)
-
-
-def small_config(**changes) -> SimulationConfig:
-    options = dict(
-        parties=3,
-        rounds=2,
-        examples_per_party=4,
-        dim=20,
-        n_tokens=3,
-        eval_examples=16,
-        search=SearchConfig(population=3, iterations=2),
+@pytest.mark.parametrize("aggregator", ["fedbpt", "fedavg"])
+def test_federated_rounds_of_local_searches_lower_a_toy_objective(aggregator):
+    spec = from_dict(
+        {
+            "prompt": {"dim": DIM, "starts": ["preamble"]},
+            "federation": {"parties": 4, "rounds": 8, "aggregator": aggregator},
+            "search": {"population": 5, "iterations": 4, "step": 0.5, "perturb_rate": 0},
+            "wire": "float32",
+        }
     )
-    return SimulationConfig(**{**options, **changes})
+    state = rounds.initial(spec)
+    while rounds.kind(spec, state) == "search":
+        loss = float(sphere(state.mean[None])[0])
+        reports = [
+            local_search(state, sphere, spec.search, party_seed(1, party, state.round), f"p{party}", 10, loss)
+            for party in range(4)
+        ]
+        state, _ = rounds.close(spec, state, reports)
+    assert sphere(state.mean[None])[0] < 0.5 * START_LOSS
+    assert rounds.best_prompt(state).loss < START_LOSS
 
 
-def test_simulation_writes_a_complete_results_file(backend, tmp_path):
-    out = tmp_path / "run.json"
-    results = simulate.simulate(small_config(eval_every=2, rounds=3), backend, out)
-    saved = json.loads(out.read_text())
-    assert saved["status"] == "finished" and saved == json.loads(json.dumps(results))
-    assert [r["round"] for r in saved["rounds"]] == [1, 2, 3]
-    assert ["accuracy" in r for r in saved["rounds"]] == [False, True, True]  # every 2 rounds and the last
-    assert 0 <= saved["zero_shot_accuracy"] <= 1 and saved["final_accuracy"] == saved["rounds"][-1]["accuracy"]
-    assert sum(saved["party_examples"]) == 12 and np.array(saved["party_class_histogram"]).sum() == 12
-    assert saved["rounds"][0]["bytes_per_party"]["sent"] > 20 * 4
-    assert "final accuracy" in simulate.summary(saved)
+# respond() on the tiny model
 
-
-def test_interrupted_simulation_keeps_finished_rounds(backend, tmp_path, monkeypatch):
-    calls = []
-    real_search = simulate.local_search
-
-    def search_then_interrupt(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 3:  # the second round's first party: Ctrl-C
-            raise KeyboardInterrupt
-        return real_search(*args, **kwargs)
-
-    monkeypatch.setattr(simulate, "local_search", search_then_interrupt)
-    out = tmp_path / "run.json"
-    simulate.simulate(small_config(rounds=5), backend, out)
-    saved = json.loads(out.read_text())
-    assert saved["status"] == "interrupted" and len(saved["rounds"]) == 1
-    assert "final_accuracy" in saved and "final_state" in saved
-
-
-@pytest.mark.parametrize(
-    "changes, message",
-    [
-        (dict(partition="random"), "partition"),
-        (dict(aggregator="mean"), "aggregator"),
-        (dict(rounds=0), "rounds"),
-        (dict(sigma_rule="median"), "sigma_rule"),
-        (dict(placement="middle"), "placement"),
-        (dict(n_tokens=0), "n_tokens"),
-        (dict(parties_per_round=0), "parties_per_round"),
-        (dict(sigma0=0), "sigma0"),
-    ],
+SPEC = from_dict(
+    {
+        "prompt": {"dim": 16, "n_tokens": 4},
+        "federation": {"parties": 2, "rounds": 2},
+        "search": {"population": 3, "iterations": 2, "step": 0.5},
+    }
 )
-def test_simulation_config_is_checked(changes, message):
-    with pytest.raises(ValueError, match=message):
-        small_config(**changes)
+ROWS = builtin_task("sst2").load_train()[:6]
+LABELS = np.array([row.label for row in ROWS])
 
 
-def test_parties_per_round_as_fraction_or_count():
-    assert small_config(parties=10, parties_per_round=0.3).per_round() == 3
-    assert small_config(parties=10, parties_per_round=4).per_round() == 4
-    assert small_config(parties=10, parties_per_round=50).per_round() == 10
+@pytest.fixture(scope="module")
+def model(backend):
+    return prompted_model(SPEC, backend)
+
+
+def test_in_the_start_round_a_party_reports_its_loss_of_every_start(model):
+    examples = model.encode(ROWS)
+    report = respond(SPEC, rounds.initial(SPEC), model, examples, LABELS, 0, "p0")
+    assert isinstance(report, Scores) and (report.party, report.round, report.n_examples) == ("p0", 0, 6)
+    zero = np.zeros((1, 16))
+    expected = [float(model.with_start(start).loss(zero, examples, LABELS)[0]) for start in SPEC.prompt.starts]
+    assert list(report.losses) == pytest.approx(expected)
+    assert len(set(report.losses)) > 1
+    rounds.validate(SPEC, rounds.initial(SPEC), report)
+
+
+def search_round() -> GlobalState:
+    mean = on_wire(np.random.default_rng(0).normal(size=16), SPEC.wire)
+    return GlobalState(1, mean, 0.5, "vocabulary", 0, Best(0, np.zeros(16), 0.7))
+
+
+def test_in_a_search_round_a_party_reports_its_update_and_its_loss_of_the_rounds_prompt(model):
+    examples = model.encode(ROWS)
+    state = search_round()
+    report = respond(SPEC, state, model, examples, LABELS, 1, "p1")
+    assert isinstance(report, Update) and (report.party, report.round, report.n_examples) == ("p1", 1, 6)
+    scorer = model.with_start("vocabulary")  # the round's start, not the model's own first start
+    assert model.start != "vocabulary"
+    assert report.loss == pytest.approx(float(scorer.loss(state.mean[None], examples, LABELS)[0]))
+    assert report.loss != pytest.approx(float(model.loss(state.mean[None], examples, LABELS)[0]))
+    assert len(report.sigmas) == SPEC.search.iterations and not np.array_equal(report.mean, state.mean)
+    np.testing.assert_array_equal(report.mean, on_wire(report.mean, SPEC.wire))
+    rounds.validate(SPEC, state, report)
+
+
+def test_a_search_round_report_is_reproducible_and_differs_between_parties(model):
+    examples = model.encode(ROWS)
+    first, again, other = (respond(SPEC, search_round(), model, examples, LABELS, i, "p") for i in (1, 1, 2))
+    np.testing.assert_array_equal(first.mean, again.mean)
+    assert first.fitness == again.fitness
+    assert not np.array_equal(first.mean, other.mean)
+
+
+def test_in_the_final_round_a_party_reports_its_loss_of_the_last_prompt(model):
+    examples = model.encode(ROWS)
+    search = search_round()
+    state = GlobalState(SPEC.federation.rounds + 1, search.mean, 0.5, "vocabulary", 2, search.best)
+    report = respond(SPEC, state, model, examples, LABELS, 0, "p0")
+    assert isinstance(report, Scores) and report.round == 3 and len(report.losses) == 1
+    expected = model.with_start("vocabulary").loss(state.mean[None], examples, LABELS)[0]
+    assert report.losses[0] == pytest.approx(float(expected))
+    rounds.validate(SPEC, state, report)

@@ -1,13 +1,15 @@
-"""The store's group commit, on a real SQLite file: units of work written from many threads at once."""
+"""The store on a real SQLite file: group commit of units of work written from many threads at once, and its
+schema version."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.store import Store
+from server.store import Store, StoreError
 
 
 @pytest.fixture
@@ -76,3 +78,15 @@ def test_the_writer_answers_and_keeps_running_when_a_cache_change_fails(store):
     assert store.write(unit) == "committed"
     store.write(lambda: store.add_job("b", {}, {"round": 0}, 1.0))
     assert [job["id"] for job in store.jobs()] == ["a", "b"]
+
+
+def test_a_database_of_another_server_version_is_refused_and_a_new_one_reopens(tmp_path):
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as database:
+        database.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, spec TEXT)")
+    with pytest.raises(StoreError, match=r"another version of the fedbpt server \(schema 0.*new file"):
+        Store(str(old))
+    Store(str(tmp_path / "new.db")).close()
+    reopened = Store(str(tmp_path / "new.db"))
+    assert reopened.jobs() == []
+    reopened.close()

@@ -138,7 +138,7 @@ class TransformersBackend:
                 inputs_embeds=inputs,
                 attention_mask=self._packed_mask(head_mask[head_index], segments),
                 position_ids=head_lengths[head_index][:, None] + offsets,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=cache is not None,
             )
             hidden[[i for row in members for i in row]] = out.last_hidden_state[last[:, 0], last[:, 1]]
@@ -160,7 +160,7 @@ class TransformersBackend:
         out = self.model.base_model(
             inputs_embeds=batch, attention_mask=head_mask.long(), position_ids=positions, use_cache=True
         )
-        return [(layer.keys, layer.values) for layer in out.past_key_values.layers], head_mask, head_lengths
+        return [(layer.keys, layer.values) for layer in out.cache.layers], head_mask, head_lengths
 
     def _pack(self, pairs, tail_lengths: list[int]) -> list[tuple[int, list[int]]]:
         """Places each head's tails into rows of about ``tokens_per_row`` tokens (first fit, longest first).

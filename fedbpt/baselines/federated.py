@@ -1,7 +1,8 @@
 """FedPrompt and FedP-tuning federations: FedAvg of the parties' trained prompt tensors, weighted by examples.
 
-The setting is the simulator's (``SimulationConfig``: model, task, parties, partition, rounds, held-out
-set, seeds) and so is the results file, rewritten after every round so that Ctrl-C keeps finished rounds.
+The setting is the simulator's (the job spec: model, task, parties, partition, rounds, held-out set, seed)
+and so is the results file, rewritten after every round so that Ctrl-C keeps finished rounds. Held-out
+accuracy is calibrated like FedBPT's when the spec calibrates.
 Communication is counted as the JSON a party would send and receive, with the tensor as base64 float32
 like every vector on this project's wire.
 """
@@ -17,28 +18,35 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fedbpt.backends import Backend
+from fedbpt.backends import Backend, EncodedExample
 from fedbpt.baselines import prompt_tuning
 from fedbpt.baselines.prompt_tuning import LocalTraining
+from fedbpt.objective import PromptedModel
 from fedbpt.protocol import encode_vector
 from fedbpt.search import party_seed
-from fedbpt.simulate import Federation, SimulationConfig, finishing, prepare, write_json
+from fedbpt.simulate import Federation, finishing, prepare, round_parties, start_round, write_json
+from fedbpt.spec import JobSpec, to_dict
 
 GRADIENT_METHODS = ("fedprompt", "fedptuning")
 
 
-def _soft_prompt_accuracy(federation: Federation, prompt: np.ndarray) -> float:
-    """Scored by the backend's own fast path, exactly as FedBPT's prompts are."""
-    model = federation.model
-    logits = model.backend.label_logits(prompt[None], federation.eval_set, model.label_ids, model.placement)[0]
-    return float((logits.argmax(axis=-1) == federation.eval_labels).mean())
+def _soft_prompt_accuracy(federation: Federation, model: PromptedModel, prompt: np.ndarray) -> float:
+    """Scored by the backend's own fast path and calibrated as FedBPT's prompts are."""
+    backend = model.backend
+
+    def logits(examples: list[EncodedExample]) -> np.ndarray:
+        return backend.label_logits(prompt[None], examples, model.label_ids, model.placement)
+
+    predictions = model.scores_of(logits, federation.eval_set)[0].argmax(axis=-1)
+    return float((predictions == federation.eval_labels).mean())
 
 
-def _deep_prompt_accuracy(federation: Federation, prefix: np.ndarray) -> float:
-    logits = prompt_tuning.predict_logits(
-        prompt_tuning.deep_prompt_logits, federation.model, prefix, federation.eval_set
-    )
-    return float((logits.argmax(axis=-1) == federation.eval_labels).mean())
+def _deep_prompt_accuracy(federation: Federation, model: PromptedModel, prefix: np.ndarray) -> float:
+    def logits(examples: list[EncodedExample]) -> np.ndarray:
+        return prompt_tuning.predict_logits(prompt_tuning.deep_prompt_logits, model, prefix, examples)[None]
+
+    predictions = model.scores_of(logits, federation.eval_set)[0].argmax(axis=-1)
+    return float((predictions == federation.eval_labels).mean())
 
 
 # method -> (starting parameters, one party's round, accuracy on the held-out set)
@@ -48,8 +56,8 @@ METHODS: dict[str, tuple[Callable, Callable, Callable]] = {
 }
 
 
-def upload_bytes(party: str, round_number: int, parameters: np.ndarray, n_examples: int) -> int:
-    message = {"party": party, "round": round_number, "prompt": encode_vector(parameters.ravel()), "n": n_examples}
+def upload_bytes(round_number: int, parameters: np.ndarray, n_examples: int) -> int:
+    message = {"kind": "prompt", "round": round_number, "prompt": encode_vector(parameters.ravel()), "n": n_examples}
     return len(json.dumps(message))
 
 
@@ -59,20 +67,28 @@ def download_bytes(round_number: int, parameters: np.ndarray) -> int:
 
 def run_gradient(
     method: str,
-    config: SimulationConfig,
+    spec: JobSpec,
     training: LocalTraining,
     backend: Backend,
     out: Path | None = None,
+    eval_every: int = 1,
 ) -> dict:
-    """Run a FedPrompt or FedP-tuning federation; return (and write to ``out``) the results."""
+    """Run a FedPrompt or FedP-tuning federation from the spec's chosen start; return (and write) the results.
+
+    The parties and their rounds are the simulator's for the same spec; the start is chosen as FedBPT's is
+    (its start round), so every prompt method begins from the same prompt.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {GRADIENT_METHODS}, got {method!r}")
     initial, party_round, accuracy = METHODS[method]
-    federation = prepare(config, backend)
-    parameters = initial(federation.model)
+    started = time.perf_counter()
+    federation = prepare(spec, backend)
+    state, start_record = start_round(spec, federation)
+    model = federation.model.with_start(state.start)
+    parameters = initial(model)
     results = {
         "method": method,
-        "config": asdict(config),
+        "spec": to_dict(spec),
         "training": asdict(training),
         "status": "running",
         "model": backend.identity,
@@ -80,50 +96,51 @@ def run_gradient(
         "party_examples": [len(party.labels) for party in federation.parties],
         "party_class_histogram": federation.histogram.tolist(),
         "trainable_parameters": int(parameters.size),
-        "rounds": [],
+        "start": state.start,
+        "rounds": [start_record] if start_record else [],
+        "accuracy": {},
     }
 
     def save() -> None:
         if out is not None:
             write_json(out, results)
 
-    started = time.perf_counter()
-    results["initial_prompt_accuracy"] = accuracy(federation, parameters)
-    tqdm.write(f"{method}: initial prompt {results['initial_prompt_accuracy']:.4f} on {len(federation.eval_set)}")
+    results["accuracy"]["0"] = results["start_accuracy"] = accuracy(federation, model, parameters)
+    tqdm.write(f"{method}: start {state.start!r} {results['start_accuracy']:.4f} on {len(federation.eval_set)}")
     save()
-    bar = tqdm(total=config.rounds * config.per_round(), desc=f"{method} local rounds", unit="party")
+    rounds = spec.federation.rounds
+    bar = tqdm(total=rounds * spec.federation.per_round, desc=f"{method} party rounds", unit="party")
     with finishing(results, save, bar, started):
-        for round_number, chosen in enumerate(config.chosen_parties()):
-            train_started = time.perf_counter()
+        for round_number in range(1, rounds + 1):
+            round_started = time.perf_counter()
+            chosen = round_parties(spec, round_number)
             trained, stats, sent = [], [], []
             for index in chosen:
                 party = federation.parties[index]
-                seed = party_seed(config.seed, int(index), round_number)
-                local, local_stats = party_round(
-                    federation.model, parameters, party.examples, party.labels, training, seed
-                )
+                seed = party_seed(spec.seed, int(index), round_number)
+                local, local_stats = party_round(model, parameters, party.examples, party.labels, training, seed)
                 trained.append(local)
                 stats.append(local_stats)
-                sent.append(upload_bytes(party.name, round_number, local, local_stats.n_examples))
+                sent.append(upload_bytes(round_number, local, local_stats.n_examples))
                 bar.update()
-            train_seconds = time.perf_counter() - train_started
-            aggregate_started = time.perf_counter()
             weights = [s.n_examples for s in stats]
             received = download_bytes(round_number, parameters)
             parameters = np.average(np.stack(trained), axis=0, weights=weights).astype(np.float32)
             record = {
-                "round": round_number + 1,
+                "round": round_number,
+                "kind": "search",
                 "parties": [federation.parties[i].name for i in chosen],
-                "train_loss": float(np.average([s.loss for s in stats], weights=weights)),
-                "seconds": {"train": train_seconds, "aggregate": time.perf_counter() - aggregate_started},
+                "loss": float(np.average([s.loss for s in stats], weights=weights)),
                 "bytes_per_party": {"sent": int(np.mean(sent)), "received": received},
+                "seconds": time.perf_counter() - round_started,
             }
-            if (round_number + 1) % config.eval_every == 0 or round_number + 1 == config.rounds:
-                evaluate_started = time.perf_counter()
-                record["accuracy"] = accuracy(federation, parameters)
-                record["seconds"]["evaluate"] = time.perf_counter() - evaluate_started
+            if round_number % eval_every == 0 or round_number == rounds:
+                record["accuracy"] = results["accuracy"][str(round_number)] = accuracy(federation, model, parameters)
             record["elapsed"] = time.perf_counter() - started
             results["rounds"].append(record)
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=record.get("accuracy", "-"))
+            bar.set_postfix(loss=f"{record['loss']:.3f}", acc=record.get("accuracy", "-"))
             save()
+    if results["status"] == "finished":
+        results["final_accuracy"] = results["last_accuracy"] = results["accuracy"][str(rounds)]
+        results["best_round"] = results["last_round"] = rounds
     return results

@@ -22,10 +22,6 @@ from fedbpt.simulate import Federation
 SEPARATOR = "\n\n"
 
 
-def zero_shot_accuracy(federation: Federation) -> float:
-    return federation.model.accuracy(None, federation.eval_set, federation.eval_labels)
-
-
 def pick_demonstrations(labels: np.ndarray, count: int, seed: int) -> list[int]:
     """Indices of up to ``count`` examples: the labels present take turns, the order is seeded and random."""
     rng = np.random.default_rng(seed)
@@ -59,13 +55,18 @@ def with_demonstrations(demonstrations: tuple[int, ...], examples: list[EncodedE
 
 
 def in_context_accuracies(federation: Federation, count: int, seed: int) -> list[float]:
-    """Each party's accuracy on the held-out set with ``count`` demonstrations from its own examples."""
+    """Each party's accuracy on the held-out set with ``count`` demonstrations from its own examples (calibrated
+    when the model calibrates: the content-free inputs follow the same demonstrations)."""
     model = federation.model
     accuracies = []
     for index, party in enumerate(federation.parties):
         chosen = pick_demonstrations(party.labels, count, party_seed(seed, index, 0))
         demonstrations = demonstration_ids(model, party.examples, party.labels, chosen)
-        prompted = with_demonstrations(demonstrations, federation.eval_set)
-        logits = model.backend.label_logits(None, prompted, model.label_ids, "before")[0]
-        accuracies.append(float((logits.argmax(axis=-1) == federation.eval_labels).mean()))
+
+        def logits(examples: list[EncodedExample], demonstrations=demonstrations) -> np.ndarray:
+            prompted = with_demonstrations(demonstrations, examples)
+            return model.backend.label_logits(None, prompted, model.label_ids, "before")
+
+        predictions = model.scores_of(logits, federation.eval_set)[0].argmax(axis=-1)
+        accuracies.append(float((predictions == federation.eval_labels).mean()))
     return accuracies

@@ -123,7 +123,7 @@ def deep_prompt_logits(model: PromptedModel, prefix: torch.Tensor, batch: list[E
         inputs_embeds=inputs,
         attention_mask=torch.cat([torch.ones(size, prefix_len, dtype=torch.long), mask], dim=1),
         position_ids=(prefix_len + torch.arange(width))[None].expand(size, -1),
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
     )
     return _label_logits(model, out.last_hidden_state[torch.arange(size), lengths - 1])
@@ -140,7 +140,7 @@ def initial_deep_prompt(model: PromptedModel) -> np.ndarray:
     backend = model.backend
     head = torch.cat([_embed(model, backend.bos_ids), torch.from_numpy(model.p0).to(backend.dtype)])
     out = backend.model.base_model(inputs_embeds=head[None], use_cache=True)
-    layers = [torch.stack([layer.keys[0], layer.values[0]]) for layer in out.past_key_values.layers]
+    layers = [torch.stack([layer.keys[0], layer.values[0]]) for layer in out.cache.layers]
     return torch.stack(layers).float().numpy()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from server.auth import coordinator, require_admin
-from server.schemas import EnrollIn, Enrollment, Job, JobSpec, PartyIn, PartyToken
+from server.schemas import EnrollIn, Enrollment, Job, PartyIn, PartyToken, Spec
 from server.service import Coordinator
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -13,8 +13,9 @@ admin = [Depends(require_admin)]
 
 
 @router.post("/jobs", status_code=201, dependencies=admin)
-def create_job(spec: JobSpec, service: Coordinator = Depends(coordinator)) -> Job:
-    return service.create_job(spec.model_dump())
+def create_job(spec: Spec, service: Coordinator = Depends(coordinator)) -> Job:
+    """Create a job from a spec pinned to its model (``fedbpt job create`` loads the model and pins it)."""
+    return service.create_job(spec)
 
 
 @router.get("/jobs", dependencies=admin)

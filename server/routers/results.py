@@ -15,13 +15,13 @@ router = APIRouter(prefix="/v1", tags=["results"])
 
 @router.get("/jobs/{job_id}/history", dependencies=[Depends(job_reader)])
 def history(job_id: str, service: Coordinator = Depends(coordinator)) -> dict:
-    """Every closed round: parties, training fitness, sigma, timing and the parties' reported accuracy."""
+    """Every closed round's record (keyed by its round: 0 start, 1..R search, R + 1 final), the chosen start,
+    the best prompt so far and the parties' pooled held-out accuracy of each prompt round."""
     return service.history(job_id)
 
 
 @router.get("/jobs/{job_id}/prompt", dependencies=[Depends(job_reader)])
-def prompt(
-    job_id: str, which: Literal["final", "best"] = "final", service: Coordinator = Depends(coordinator)
-) -> Prompt:
-    """The final (or best-evaluated) prompt z with the spec that rebuilds it: save it for ``fedbpt predict``."""
+def prompt(job_id: str, which: Literal["best", "last"] = "best", service: Coordinator = Depends(coordinator)) -> Prompt:
+    """The best prompt so far by pooled training loss (what a job returns), or the last global prompt, with the
+    spec that rebuilds it: save it for ``fedbpt evaluate`` and ``fedbpt predict``."""
     return service.prompt(job_id, which)

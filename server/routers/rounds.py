@@ -1,15 +1,15 @@
-"""What a party does: learn who it is, fetch (or wait for) the round, submit updates and evaluations."""
+"""What a party does: learn who it is, fetch (or wait for) the round, submit reports and evaluations."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from server.auth import coordinator, current_party, job_party
 from server.errors import ApiError
-from server.schemas import Accepted, EvaluationIn, JobSpec, Me, RoundInfo, UpdateIn
+from server.schemas import Accepted, EvaluationIn, Me, Report, RoundInfo, Spec
 from server.service import Coordinator
 
 router = APIRouter(prefix="/v1", tags=["rounds"])
@@ -21,7 +21,7 @@ async def me(party: dict = Depends(current_party)) -> Me:
 
 
 @router.get("/jobs/{job_id}/spec", dependencies=[Depends(job_party)])
-def spec(job_id: str, service: Coordinator = Depends(coordinator)) -> JobSpec:
+def spec(job_id: str, service: Coordinator = Depends(coordinator)) -> Spec:
     return service.job(job_id)["spec"]
 
 
@@ -49,19 +49,20 @@ async def current_round(
             pass
 
 
-@router.post("/jobs/{job_id}/rounds/{round_number}/updates", status_code=201)
-async def submit_update(
+@router.post("/jobs/{job_id}/rounds/{round_number}/reports", status_code=201)
+async def submit_report(
     job_id: str,
-    round_number: int,
-    update: UpdateIn,
+    report: Report,
     response: Response,
+    round_number: int = Path(ge=0),
     party: dict = Depends(job_party),
     service: Coordinator = Depends(coordinator),
 ) -> Accepted:
-    """Submit this party's update for the open round (201); resending the same update answers 200."""
-    if update.round != round_number:
-        raise ApiError(422, "round_mismatch", f"the body says round {update.round}, the path says {round_number}")
-    accepted = await service.submit(job_id, party["name"], round_number, update.model_dump())
+    """Submit this party's report for the open round (201): its update in a search round, its losses in the start
+    and final rounds (``fedbpt.rounds.report_body``). Resending the same report answers 200."""
+    if report.round != round_number:
+        raise ApiError(422, "round_mismatch", f"the body says round {report.round}, the path says {round_number}")
+    accepted = await service.submit(job_id, party["name"], round_number, report.model_dump())
     if accepted["duplicate"]:
         response.status_code = 200
     return accepted
@@ -70,13 +71,14 @@ async def submit_update(
 @router.post("/jobs/{job_id}/rounds/{round_number}/evaluations", status_code=201)
 async def submit_evaluation(
     job_id: str,
-    round_number: int,
     evaluation: EvaluationIn,
     response: Response,
+    round_number: int = Path(ge=0, description="the round after which the evaluated prompt was the global one"),
     party: dict = Depends(job_party),
     service: Coordinator = Depends(coordinator),
 ) -> dict:
-    """Report this party's accuracy of the global prompt after ``round_number`` rounds (0 = the initial one)."""
-    if not await service.report(job_id, party["name"], round_number, evaluation.model_dump()):
+    """Report this party's held-out accuracy of the prompt after round ``round_number`` (a round message's
+    ``mean_round``; 0 = the chosen start)."""
+    if not await service.evaluate(job_id, party["name"], round_number, evaluation.model_dump()):
         response.status_code = 200
     return {"job": job_id, "party": party["name"], "round": round_number}

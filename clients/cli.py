@@ -1,0 +1,244 @@
+"""The whole ``fedbpt`` command line: ``fedbpt.cli``'s offline commands plus those that talk to a server.
+
+``client`` joins a job as one party; ``job create|history|prompt|list|cancel`` administer jobs. The ``fedbpt``
+console script runs this app (``python -m clients.cli`` does too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import typer
+
+from fedbpt.cli import DTYPE, THREADS, app, fail
+from fedbpt.options import spec_options
+from fedbpt.spec import JobSpec
+
+SERVER = typer.Option(..., envvar="FEDBPT_SERVER", help="server URL, e.g. https://host:8000")
+ADMIN_TOKEN = typer.Option(..., envvar="FEDBPT_ADMIN_TOKEN", help="the server's administrator token")
+READER_TOKEN = typer.Option(
+    ..., envvar="FEDBPT_ADMIN_TOKEN", help="the administrator's token, or a party token of the job"
+)
+CA_BUNDLE = typer.Option(None, help="CA certificate bundle (PEM) to verify the server's TLS certificate")
+JOB = typer.Argument(..., help="job id")
+WHICH = ("best", "last")
+T = TypeVar("T")
+
+job_app = typer.Typer(help="Administer jobs on a fedbpt server.", no_args_is_help=True)
+app.add_typer(job_app, name="job")
+
+
+def _ask(server: str, token: str, ca_bundle: str | None, call: Callable[..., T]) -> T:
+    """``call(api)`` on the server; a refusal or an unreachable server is a one-line error."""
+    from clients.api import Api, ApiError, ServerUnavailable
+
+    try:
+        return call(Api(server, token, ca_bundle))
+    except (ApiError, ServerUnavailable) as error:
+        raise fail(str(error)) from None
+
+
+def with_task_content(spec: JobSpec) -> JobSpec:
+    """The spec with a task file's path replaced by the file's content, which the server stores and serves to
+    the parties (each keeps the data files the task names, under its --data-dir)."""
+    import json
+    import tomllib
+
+    from fedbpt.spec import replace
+    from fedbpt.tasks import BUILTIN_TASKS, load_task_file
+
+    if not isinstance(spec.task, str) or spec.task in BUILTIN_TASKS:
+        return spec
+    path = Path(spec.task)
+    load_task_file(path)  # a missing or malformed file fails here, with its own message
+    text = path.read_text()
+    return replace(spec, task=tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
+
+
+@job_app.command("create")
+@spec_options
+def job_create(
+    spec: JobSpec,
+    server: str = SERVER,
+    admin_token: str = ADMIN_TOKEN,
+    engine: str = typer.Option("transformers", help="load the model here with transformers, or llama.cpp (no torch)"),
+    tokens_out: Path = typer.Option(None, help="write the job id and party tokens here as JSON (mode 600)"),
+    ca_bundle: str = CA_BUNDLE,
+):
+    """Create a job from the spec and issue a token for each of its parties (named party-0, party-1, ...).
+
+    The model is loaded here once to pin its identity and the projection's scale and fingerprint, which every
+    party checks before any work. A task file's content is sent; its data files stay with the parties."""
+    import json
+
+    from fedbpt.job import pin
+    from fedbpt.models import ModelNotFound, load_backend
+    from fedbpt.spec import to_dict
+
+    try:
+        spec = with_task_content(spec)
+        spec = pin(spec, load_backend(spec.model.name, engine=engine))
+    except (ModelNotFound, ValueError) as error:
+        raise fail(str(error)) from None
+    parties = [f"party-{i}" for i in range(spec.federation.parties)]
+
+    def create(api) -> tuple[dict, dict]:
+        job = api.create_job(to_dict(spec))
+        return job, {name: api.add_party(job["id"], name)["token"] for name in parties}
+
+    job, tokens = _ask(server, admin_token, ca_bundle, create)
+    federation = spec.federation
+    start = f"a start round choosing among {len(spec.prompt.starts)} starts, " if len(spec.prompt.starts) > 1 else ""
+    typer.echo(
+        f"job {job['id']} created: {start}{federation.rounds} search rounds and a final scoring round; "
+        f"{federation.parties} parties, {federation.per_round} per round"
+    )
+    if tokens_out:
+        tokens_out.parent.mkdir(parents=True, exist_ok=True)
+        tokens_out.touch(mode=0o600)
+        tokens_out.write_text(json.dumps({"job": job["id"], "tokens": tokens}, indent=1))
+        typer.echo(f"party tokens written to {tokens_out}")
+    else:
+        for name, token in tokens.items():
+            typer.echo(f"{name}: {token}")
+
+
+def produced_prompt(record: dict) -> int | None:
+    """The prompt round a closed round made the global prompt: the start round's is 0, a search round's is its
+    own, unless it backtracked to the best; the final round makes none."""
+    if record["kind"] == "start":
+        return 0
+    if record["kind"] == "search" and not record["backtracked"]:
+        return record["round"]
+    return None
+
+
+def accuracy_note(accuracy: dict[int, dict], prompt_round: int | None) -> str:
+    if prompt_round not in accuracy:
+        return ""
+    entry = accuracy[prompt_round]
+    return f"  accuracy {entry['accuracy']:.4f} ({entry['n_examples']} held-out rows)"
+
+
+def round_line(record: dict, accuracy: dict[int, dict]) -> str:
+    """One closed round of ``fedbpt job history``; the accuracy is that of the prompt the round made."""
+    head = f"  round {record['round']:3d}  {record['kind']:6s}  "
+    if record["kind"] == "start":
+        losses = ", ".join(f"{start} {loss:.4f}" for start, loss in record["start_losses"].items())
+        body = f"chose {record['start']!r} by pooled loss ({losses})"
+    else:
+        body = f"pooled loss {record['loss']:.4f} of round {record['scored_round']}'s prompt"
+        if record["kind"] == "search":
+            move = "backtracked to the best, step" if record["backtracked"] else "step"
+            body += f"  {move} {record['sigma']:.3f}"
+        body += f"  best: round {record['best_round']}"
+    deadline = ", at the deadline" if record["reason"] == "deadline" else ""
+    parties = f"  [{len(record['parties'])} parties, {record['seconds']:.0f} s{deadline}]"
+    return head + body + accuracy_note(accuracy, produced_prompt(record)) + parties
+
+
+@job_app.command("history")
+def job_history(job: str = JOB, server: str = SERVER, token: str = READER_TOKEN, ca_bundle: str = CA_BUNDLE):
+    """Print every closed round with its kind: the start's losses and choice, each search round's pooled training
+    loss, step, backtracking and best round, and the parties' held-out accuracy of the prompt each round made."""
+    from clients.party import ending
+
+    history = _ask(server, token, ca_bundle, lambda api: api.history(job))
+    accuracy = {entry["round"]: entry for entry in history["accuracy"]}
+    best = history["best"]
+    returns = f"; returns the prompt after round {best['round']} (pooled loss {best['loss']:.4f})" if best else ""
+    typer.echo(f"job {job}: {ending(history)}{returns}")
+    records = history["rounds"]
+    if history["start"] and not any(record["kind"] == "start" for record in records):
+        typer.echo(f"  round   0  start   {history['start']!r}, the only candidate{accuracy_note(accuracy, 0)}")
+    for record in records:
+        typer.echo(round_line(record, accuracy))
+
+
+@job_app.command("prompt")
+def job_prompt(
+    job: str = JOB,
+    out: Path = typer.Option(..., help="where to save the prompt file"),
+    which: str = typer.Option("best", help="best (by pooled training loss: what a job returns) or last"),
+    server: str = SERVER,
+    token: str = READER_TOKEN,
+    ca_bundle: str = CA_BUNDLE,
+):
+    """Download a prompt of the job (z, its start and the spec that rebuilds it) for ``fedbpt evaluate``/``predict``."""
+    from fedbpt.job import LearnedPrompt, PromptFileError
+
+    if which not in WHICH:
+        raise fail(f"--which must be one of {', '.join(WHICH)}, got {which!r}")
+    data = _ask(server, token, ca_bundle, lambda api: api.prompt(job, which))
+    try:
+        prompt = LearnedPrompt.from_dict(data, f"the server's {which} prompt of job {job}")
+    except PromptFileError as error:
+        raise fail(str(error)) from None
+    prompt.save(out)
+    loss = "not scored yet" if prompt.loss is None else f"pooled loss {prompt.loss:.4f}"
+    typer.echo(f"{which} prompt of job {job} (after round {prompt.round}, {loss}) written to {out}")
+
+
+@job_app.command("list")
+def job_list(server: str = SERVER, admin_token: str = ADMIN_TOKEN, ca_bundle: str = CA_BUNDLE):
+    """List the server's jobs: id, task, parties, name and where each is."""
+    from clients.party import ending
+    from fedbpt.spec import from_dict
+
+    for job in _ask(server, admin_token, ca_bundle, lambda api: api.jobs()):
+        spec = from_dict(job["spec"])
+        where = f"{ending(job)} ({job['kind']})" if job["status"] == "running" else ending(job)
+        typer.echo(f"{job['id']}  {spec.task_name:10s}  {len(job['parties']):3d} parties  {where}  {spec.name}")
+
+
+@job_app.command("cancel")
+def job_cancel(job: str = JOB, server: str = SERVER, admin_token: str = ADMIN_TOKEN, ca_bundle: str = CA_BUNDLE):
+    """Cancel a running job: its parties stop at their next request, and its best prompt stays downloadable."""
+    cancelled = _ask(server, admin_token, ca_bundle, lambda api: api.cancel(job))
+    typer.echo(f"job {job} cancelled at round {cancelled['round']} ({cancelled['kind']})")
+
+
+@app.command()
+def client(
+    server: str = SERVER,
+    token: str = typer.Option(None, envvar="FEDBPT_TOKEN", help="this party's token"),
+    enroll: str = typer.Option(None, help="a one-time enrollment secret to redeem instead of a token"),
+    model: str = typer.Option(None, help="model to load (default: the job's model)"),
+    dtype: str = DTYPE,
+    engine: str = typer.Option("transformers", help="transformers, or llama.cpp (GGUF files, as the edge client)"),
+    shard: int = typer.Option(
+        None,
+        help="be party i of the job's seeded split of its task, as in fedbpt simulate (default: the whole "
+        "training file)",
+    ),
+    eval_examples: int = typer.Option(
+        None, help="held-out rows this party scores its share of (default: the job's data.eval_examples; 0 = all)"
+    ),
+    data_dir: Path = typer.Option(Path("."), help="folder holding the data files a task file names"),
+    threads: int = THREADS,
+    ca_bundle: str = CA_BUNDLE,
+):
+    """Join a server job as one party and take part in every round until the job ends."""
+    from clients.party import PARTY_ERRORS, DataChoice, ending, join_and_run
+    from fedbpt.models import load_backend
+
+    try:
+        job, info = join_and_run(
+            server,
+            token,
+            enroll,
+            ca_bundle,
+            lambda spec: load_backend(model or spec.model.name, dtype, threads or None, engine),
+            DataChoice(shard, eval_examples, data_dir),
+        )
+    except PARTY_ERRORS as error:
+        raise fail(str(error)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; rerun the same command to rejoin", 130) from None
+    typer.echo(f"job {job} {ending(info)}")
+
+
+if __name__ == "__main__":
+    app()
