@@ -154,3 +154,15 @@ def federated_split(
     if partition == "iid":
         return pool, partition_iid(len(pool), n_parties, seed)
     return pool, partition_dirichlet(np.array([example.label for example in pool]), n_parties, alpha, seed)
+
+
+def validation_split(n_examples: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(search indices, validation indices) of a party's examples: a seeded ``fraction`` of them (at least one,
+    leaving at least one) is held out from its local search. With fraction 0, or a single example, the two
+    sets are the same: every example both searches and scores."""
+    everything = np.arange(n_examples)
+    if fraction == 0 or n_examples < 2:
+        return everything, everything
+    held = min(max(1, round(fraction * n_examples)), n_examples - 1)
+    order = np.random.default_rng(seed).permutation(n_examples)
+    return np.sort(order[held:]), np.sort(order[:held])

@@ -27,9 +27,13 @@ PREAMBLE = (
     "things in their daily life, and it is shared here for everyone."
 )
 CONTENT_FREE = ("N/A", "", "[MASK]")
-# Starting prompts a job chooses among (by the parties' pooled training loss): the neutral preamble, the
+# Starting prompts a job can choose among (by the parties' pooled training loss): the neutral preamble, the
 # preamble followed by the task's instruction, the instruction repeated, and BBT-style random vocabulary tokens.
 STARTS = ("preamble", "preamble+instruction", "instruction", "vocabulary")
+# The default candidates: measured with SmolLM2 (scripts/starts.py), the other two were never the best start on
+# held-out rows (SST-2 74.1 and 55.2% against 81.5%, AG News 69.1 and 60.4% against 73.2%), while the training
+# loss of 48 sentences once preferred the instruction by 0.0003.
+DEFAULT_STARTS = ("preamble", "preamble+instruction")
 VOCABULARY_RANGE = (1000, 10000)  # ordinary word pieces in a BPE vocabulary: past the special and byte tokens
 
 

@@ -128,11 +128,12 @@ def close(spec: JobSpec, state: GlobalState, reports: list[Update | Scores]) -> 
         [report.losses[0] if isinstance(report, Scores) else report.loss for report in reports], counts
     )
     best, worse = state.best, False
-    if best is None or state.mean_round != best.round:  # the best itself is not compared with itself
-        if best is None or loss < best.loss:
-            best = Best(state.mean_round, state.mean, loss)
-        else:
-            worse = True
+    if best is not None and state.mean_round == best.round:  # the best re-scored: keep its latest measurement
+        best = replace(best, loss=loss)
+    elif best is None or loss < best.loss:
+        best = Best(state.mean_round, state.mean, loss)
+    else:
+        worse = True
     record |= {"loss": loss, "scored_round": state.mean_round, "best_round": best.round, "backtracked": False}
     if record["kind"] == "final":
         return replace(state, round=state.round + 1, best=best), record

@@ -17,6 +17,7 @@ import numpy as np
 from fedbpt import rounds
 from fedbpt.aggregate import Scores, Update
 from fedbpt.backends import EncodedExample
+from fedbpt.data import validation_split
 from fedbpt.objective import Objective, PromptedModel
 from fedbpt.protocol import on_wire
 from fedbpt.rounds import GlobalState
@@ -101,8 +102,12 @@ def respond(
     party_index: int,
     party: str,
 ) -> Update | Scores:
-    """This party's report for the open round: its losses of the start candidates (round 0), its update
-    (a search round), or its loss of the last prompt (the final round). All losses are on its training data."""
+    """This party's report for the open round: its losses of the start candidates on all its examples (round 0),
+    its update (a search round), or its loss of the last prompt (the final round).
+
+    With ``spec.data.validation`` > 0 a seeded share of the party's examples is kept from its local search, and
+    the round's prompt is scored on those: the pooled loss that keeps the best prompt is then measured on
+    examples no search has fitted."""
     started = time.perf_counter()
     kind = rounds.kind(spec, state)
     if kind == "start":
@@ -114,9 +119,15 @@ def respond(
         return Scores(party, state.round, losses, len(labels), time.perf_counter() - started)
     if model.start != state.start:
         model = model.with_start(state.start)
-    loss = float(model.loss(state.mean[None], examples, labels, spec.search.loss)[0])
+    # Round 0 (the start round) draws nothing, so its seed is free to split the examples, the same way every round.
+    searching, scoring = validation_split(len(labels), spec.data.validation, party_seed(spec.seed, party_index, 0))
+    held = [examples[i] for i in scoring]
+    loss = float(model.loss(state.mean[None], held, labels[scoring], spec.search.loss)[0])
     if kind == "final":
         return Scores(party, state.round, (loss,), len(labels), time.perf_counter() - started)
     seed = party_seed(spec.seed, party_index, state.round)
-    objective = Objective.for_round(model, examples, labels, spec.search.loss, spec.search.perturb_rate, seed)
+    search_set = [examples[i] for i in searching]
+    objective = Objective.for_round(
+        model, search_set, labels[searching], spec.search.loss, spec.search.perturb_rate, seed
+    )
     return local_search(state, objective, spec.search, seed, party, len(labels), loss, spec.wire)

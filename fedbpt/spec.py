@@ -23,7 +23,7 @@ import tomli_w
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
-from fedbpt.objective import STARTS
+from fedbpt.objective import DEFAULT_STARTS, STARTS
 from fedbpt.tasks import BUILTIN_TASKS, TaskError, task_from_dict
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -53,7 +53,7 @@ class PromptSpec:
     placement: Literal["before", "after"] = Field("before", description="soft prompt before the text, or after it")
     calibrate: bool = Field(True, description="content-free calibration of the label words' probabilities")
     starts: tuple[str, ...] = Field(
-        STARTS, min_length=1, description="starting prompts the parties choose among before round 1"
+        DEFAULT_STARTS, min_length=1, description=f"starting prompts the parties choose among, of {', '.join(STARTS)}"
     )
     scale: float = Field(0.0, ge=0, description="pinned: std(token embeddings) / sqrt(dim)")
     fingerprint: str = Field("", max_length=64, description="pinned: hash of the projection's bytes")
@@ -118,6 +118,9 @@ class DataSpec:
     partition: Literal[PARTITIONS] = Field("dirichlet", description="iid, or dirichlet over the labels")
     alpha: float = Field(1.0, gt=0, le=1e6, description="Dirichlet concentration (smaller = more skewed)")
     eval_examples: int = Field(0, ge=0, le=100_000_000, description="held-out rows scored; 0 = all")
+    validation: float = Field(
+        0.0, ge=0, lt=1, description="share of a party's examples kept from its search to score prompts; 0 = none"
+    )
 
 
 @dataclass(frozen=True, config=STRICT)

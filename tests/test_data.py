@@ -5,7 +5,16 @@ import json
 import numpy as np
 import pytest
 
-from fedbpt.data import DataError, Example, class_histogram, k_shot, partition_dirichlet, partition_iid, read_rows
+from fedbpt.data import (
+    DataError,
+    Example,
+    class_histogram,
+    k_shot,
+    partition_dirichlet,
+    partition_iid,
+    read_rows,
+    validation_split,
+)
 from fedbpt.tasks import AG_NEWS_POOL_PER_CLASS, builtin_task
 
 # ---------------------------------------------------------------- partitions
@@ -295,3 +304,16 @@ def test_agnews_split_is_the_same_when_loaded_twice(agnews):
     task = builtin_task("agnews")
     assert task.load_train() == agnews[0]
     assert task.load_eval() == agnews[1]
+
+
+def test_a_validation_split_holds_out_a_seeded_share_and_leaves_something_to_search():
+    searching, scoring = validation_split(16, 0.25, 3)
+    assert len(scoring) == 4 and sorted([*searching, *scoring]) == list(range(16))
+    again = validation_split(16, 0.25, 3)
+    assert all(np.array_equal(a, b) for a, b in zip((searching, scoring), again, strict=True))
+    assert not np.array_equal(validation_split(16, 0.25, 4)[1], scoring)
+    assert [len(part) for part in validation_split(2, 0.9, 1)] == [1, 1]
+    one = validation_split(1, 0.25, 1)
+    assert one[0].tolist() == one[1].tolist() == [0]
+    everything = validation_split(5, 0.0, 1)
+    assert everything[0].tolist() == everything[1].tolist() == list(range(5))

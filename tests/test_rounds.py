@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fedbpt import aggregate, rounds
+from fedbpt import aggregate, objective, rounds
 from fedbpt.aggregate import InvalidUpdate, Scores, Update
 from fedbpt.protocol import on_wire
 from fedbpt.rounds import Best, GlobalState
@@ -14,12 +14,12 @@ from fedbpt.spec import from_dict, replace
 DIM = 4
 SPEC = from_dict(
     {
-        "prompt": {"dim": DIM, "n_tokens": 2},
+        "prompt": {"dim": DIM, "n_tokens": 2, "starts": list(objective.STARTS)},
         "federation": {"parties": 3, "rounds": 2},
         "search": {"population": 4, "iterations": 2, "step": 0.5, "step_floor": 0.1, "backtrack": 0.5},
     }
 )
-STARTS = SPEC.prompt.starts  # preamble, preamble+instruction, instruction, vocabulary
+STARTS = SPEC.prompt.starts
 
 
 def scores(party: str, round_number: int, losses, n_examples: int = 10) -> Scores:
@@ -87,7 +87,7 @@ def test_the_first_search_round_rescores_the_start_without_comparing_it_with_its
     reports = updates(1, loss=0.9)  # worse than the start's 0.6: the same prompt, so no backtracking
     after, record = rounds.close(SPEC, state, reports)
     assert not record["backtracked"] and record["scored_round"] == 0 and record["best_round"] == 0
-    assert after.best == state.best
+    assert after.best.round == 0 and after.best.loss == pytest.approx(0.9)  # its latest measurement is kept
     expected, sigma = aggregate.fedbpt(state.sigma, reports, "examples", "code", SPEC.search.population)
     np.testing.assert_array_equal(after.mean, on_wire(expected, SPEC.wire))
     assert after.sigma == max(sigma, SPEC.search.step_floor)
@@ -140,7 +140,7 @@ def test_after_backtracking_the_rescored_best_is_not_compared_with_itself():
     state = GlobalState(2, np.zeros(DIM), 0.25, "instruction", 0, Best(0, np.zeros(DIM), 0.6))
     reports = updates(2, loss=0.8)  # the best, scored again (by other parties, or with other data): not "worse"
     after, record = rounds.close(SPEC, state, reports)
-    assert not record["backtracked"] and after.best == state.best
+    assert not record["backtracked"] and after.best.round == 0 and after.best.loss == pytest.approx(0.8)
     assert (after.round, after.mean_round) == (3, 2)
     expected, _ = aggregate.fedbpt(state.sigma, reports, "examples", "code", SPEC.search.population)
     np.testing.assert_array_equal(after.mean, on_wire(expected, SPEC.wire))

@@ -5,11 +5,12 @@ import pytest
 
 from fedbpt import rounds
 from fedbpt.aggregate import Scores, Update
+from fedbpt.data import validation_split
 from fedbpt.job import prompted_model
 from fedbpt.protocol import on_wire
 from fedbpt.rounds import Best, GlobalState
 from fedbpt.search import cma_search, local_search, party_seed, respond, zo_search
-from fedbpt.spec import SearchSpec, from_dict
+from fedbpt.spec import SearchSpec, from_dict, replace
 from fedbpt.tasks import builtin_task
 
 DIM = 30
@@ -168,3 +169,20 @@ def test_in_the_final_round_a_party_reports_its_loss_of_the_last_prompt(model):
     expected = model.with_start("vocabulary").loss(state.mean[None], examples, LABELS)[0]
     assert report.losses[0] == pytest.approx(float(expected))
     rounds.validate(SPEC, state, report)
+
+
+def test_with_a_validation_share_the_rounds_prompt_is_scored_on_examples_the_search_does_not_see(model):
+    spec = replace(SPEC, data={"validation": 0.5})
+    examples = model.encode(ROWS)
+    state = search_round()
+    report = respond(spec, state, model, examples, LABELS, 1, "p1")
+    searching, scoring = validation_split(len(ROWS), 0.5, party_seed(spec.seed, 1, 0))
+    assert len(scoring) == 3 and not set(searching) & set(scoring) and report.n_examples == 6
+    scorer = model.with_start("vocabulary")
+    held = [examples[i] for i in scoring]
+    assert report.loss == pytest.approx(float(scorer.loss(state.mean[None], held, LABELS[scoring])[0]))
+    start = respond(spec, rounds.initial(spec), model, examples, LABELS, 1, "p1")  # the start: all examples
+    zero = np.zeros((1, 16))
+    assert start.losses[0] == pytest.approx(
+        float(model.with_start(spec.prompt.starts[0]).loss(zero, examples, LABELS)[0])
+    )

@@ -6,7 +6,7 @@ import tomllib
 import pytest
 
 from fedbpt import spec as specs
-from fedbpt.objective import STARTS
+from fedbpt.objective import DEFAULT_STARTS
 from fedbpt.spec import JobSpec, SpecError, from_dict, load, replace, to_dict, to_toml
 
 TASK_FILE_CONTENT = {
@@ -56,7 +56,7 @@ def test_the_unusual_spec_differs_from_the_defaults():
 
 def test_default_spec_offers_every_start_and_is_not_pinned():
     spec = JobSpec()
-    assert spec.prompt.starts == STARTS
+    assert spec.prompt.starts == DEFAULT_STARTS
     assert not spec.pinned
 
 
