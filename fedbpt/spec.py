@@ -119,7 +119,7 @@ class DataSpec:
     alpha: float = Field(1.0, gt=0, le=1e6, description="Dirichlet concentration (smaller = more skewed)")
     eval_examples: int = Field(0, ge=0, le=100_000_000, description="held-out rows scored; 0 = all")
     validation: float = Field(
-        0.0, ge=0, lt=1, description="share of a party's examples kept from its search to score prompts; 0 = none"
+        0.25, ge=0, lt=1, description="share of a party's examples kept from its search to score prompts; 0 = none"
     )
 
 

@@ -32,9 +32,10 @@ sys.exit("the server did not start; see runs/demo/server.log")
 PY
 echo "server up at $FEDBPT_SERVER (log: $run/server.log)"
 
-# The job's spec defines the parties' data: party i of 3 holds shard i of a seeded Dirichlet split of 48
-# training sentences, and scores each prompt on its third of the first 300 dev sentences.
-"$fedbpt" job create --task sst2 --parties 3 --rounds 3 --iterations 4 --examples-per-party 16 \
+# The job's spec defines the parties' data: party i of 3 holds shard i of a seeded Dirichlet split of 96
+# training sentences (a quarter of each shard it keeps from its search to score prompts), and scores each
+# prompt on its third of the first 300 dev sentences.
+"$fedbpt" job create --task sst2 --parties 3 --rounds 3 --iterations 4 --examples-per-party 32 \
     --eval-examples 300 --seed "$seed" --tokens-out "$run/tokens.json"
 job=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["job"])' "$run/tokens.json")
 clients=()

@@ -111,6 +111,7 @@ SPEC = from_dict(
         "prompt": {"dim": 16, "n_tokens": 4},
         "federation": {"parties": 2, "rounds": 2},
         "search": {"population": 3, "iterations": 2, "step": 0.5},
+        "data": {"validation": 0.0},  # every example both searches and scores (one test below sets a share)
     }
 )
 ROWS = builtin_task("sst2").load_train()[:6]

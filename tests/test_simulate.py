@@ -12,7 +12,8 @@ from fedbpt.spec import from_dict, replace
 
 SETTINGS = {
     "federation": {"parties": 3, "rounds": 3},
-    "data": {"examples_per_party": 4, "eval_examples": 8},
+    # Every example both searches and scores, so the start round's loss compares with the later rounds' losses.
+    "data": {"examples_per_party": 4, "eval_examples": 8, "validation": 0.0},
     "prompt": {"dim": 16, "n_tokens": 4},
     "search": {"step": 0.5, "population": 3, "iterations": 2},
 }
@@ -199,3 +200,13 @@ def test_with_one_start_there_is_no_start_round(backend):
     results = simulate.simulate(spec, backend)
     assert [record["kind"] for record in results["rounds"]] == ["search", "final"]
     assert results["start"] == "vocabulary" and results["prompt"]["loss"] <= results["rounds"][0]["loss"]
+
+
+def test_with_a_validation_share_the_best_is_compared_on_the_held_back_examples(backend):
+    spec = replace(SPEC, seed=5, data={"examples_per_party": 8, "validation": 0.25})
+    results = simulate.simulate(spec, backend)
+    searched = [record for record in results["rounds"] if record["kind"] != "start"]
+    first = searched[0]  # round 1 scores the start (round 0's prompt) on the held-back examples
+    assert first["scored_round"] == 0
+    assert first["loss"] != pytest.approx(results["rounds"][0]["loss"])  # the start round used every example
+    assert results["prompt"]["loss"] <= first["loss"]
