@@ -53,4 +53,4 @@ done
 
 "$fedbpt" job history "$job"
 "$fedbpt" job prompt "$job" --which best --out "$run/prompt.json"
-"$fedbpt" evaluate --prompt "$run/prompt.json" --eval-examples 400
+"$fedbpt" evaluate --prompt "$run/prompt.json"
