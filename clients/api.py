@@ -1,7 +1,7 @@
 """The server's HTTP API as Python calls, with retries: used by the clients and the admin commands.
 
 Connection errors and 5xx answers are retried with exponential backoff (a restarting server is
-ridden out); 4xx answers raise ``ApiError`` with the server's message. Every write is idempotent on
+ridden out); 4xx answers raise ``ServerRefused`` with the server's message. Every write is idempotent on
 the server (an identical resend is accepted as a duplicate), so retrying a POST whose answer was lost
 is safe.
 """
@@ -14,10 +14,12 @@ import time
 
 import httpx
 
+from fedbpt.errors import UserError
+
 RETRY_FOR_S = 600.0
 
 
-class ApiError(RuntimeError):
+class ServerRefused(UserError, RuntimeError):
     """The server refused a request (4xx); ``code`` is its machine-readable reason."""
 
     def __init__(self, status: int, code: str, message: str):
@@ -25,7 +27,7 @@ class ApiError(RuntimeError):
         self.status, self.code = status, code
 
 
-class ServerUnavailable(RuntimeError):
+class ServerUnavailable(UserError, RuntimeError):
     """The server could not be reached (or kept failing) for longer than the retry window."""
 
 
@@ -56,7 +58,10 @@ class Api:
                     return self._parsed(response)
                 problem = f"HTTP {response.status_code}"
             if time.monotonic() + delay > give_up:
-                raise ServerUnavailable(f"server at {self.http.base_url} unavailable for {self.retry_for_s:.0f} s")
+                raise ServerUnavailable(
+                    f"server at {self.http.base_url} unavailable for {self.retry_for_s:.0f} s: check the URL and that "
+                    "the server runs (--retry-for waits longer)"
+                )
             print(f"server unavailable ({problem}); retrying in {delay:.1f} s", file=sys.stderr, flush=True)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -70,7 +75,7 @@ class Api:
         if response.is_success:
             return body
         error = body.get("error", {}) if isinstance(body, dict) else {}
-        raise ApiError(response.status_code, error.get("code", "error"), error.get("message", response.text))
+        raise ServerRefused(response.status_code, error.get("code", "error"), error.get("message", response.text))
 
     # party routes
     def me(self) -> dict:

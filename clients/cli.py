@@ -22,6 +22,7 @@ READER_TOKEN = typer.Option(
     ..., envvar="FEDBPT_ADMIN_TOKEN", help="the administrator's token, or a party token of the job"
 )
 CA_BUNDLE = typer.Option(None, help="CA certificate bundle (PEM) to verify the server's TLS certificate")
+RETRY_FOR = typer.Option(600.0, min=0, help="seconds to keep retrying an unreachable server before giving up")
 JOB = typer.Argument(..., help="job id")
 WHICH = ("best", "last")
 T = TypeVar("T")
@@ -30,14 +31,11 @@ job_app = typer.Typer(help="Administer jobs on a fedbpt server.", no_args_is_hel
 app.add_typer(job_app, name="job")
 
 
-def _ask(server: str, token: str, ca_bundle: str | None, call: Callable[..., T]) -> T:
-    """``call(api)`` on the server; a refusal or an unreachable server is a one-line error."""
-    from clients.api import Api, ApiError, ServerUnavailable
+def _ask(server: str, token: str, ca_bundle: str | None, retry_for: float, call: Callable[..., T]) -> T:
+    """``call(api)`` on the server (a refusal or an unreachable server is a ``UserError``: one line)."""
+    from clients.api import Api
 
-    try:
-        return call(Api(server, token, ca_bundle))
-    except (ApiError, ServerUnavailable) as error:
-        raise fail(str(error)) from None
+    return call(Api(server, token, ca_bundle, retry_for))
 
 
 def with_task_content(spec: JobSpec) -> JobSpec:
@@ -66,6 +64,7 @@ def job_create(
     engine: str = typer.Option("transformers", help="load the model here with transformers, or llama.cpp (no torch)"),
     tokens_out: Path = typer.Option(None, help="write the job id and party tokens here as JSON (mode 600)"),
     ca_bundle: str = CA_BUNDLE,
+    retry_for: float = RETRY_FOR,
 ):
     """Create a job from the spec and issue a token for each of its parties (named party-0, party-1, ...).
 
@@ -74,21 +73,20 @@ def job_create(
     import json
 
     from fedbpt.job import pin
-    from fedbpt.models import ModelNotFound, load_backend
+    from fedbpt.models import load_backend, locate
     from fedbpt.spec import to_dict
 
-    try:
-        spec = with_task_content(spec)
-        spec = pin(spec, load_backend(spec.model.name, engine=engine))
-    except (ModelNotFound, ValueError) as error:
-        raise fail(str(error)) from None
+    spec = with_task_content(spec)
+    locate(spec.model.name)
+    _ask(server, admin_token, ca_bundle, retry_for, lambda api: api.jobs())  # reachable, and the token is right
+    spec = pin(spec, load_backend(spec.model.name, engine=engine))
     parties = [f"party-{i}" for i in range(spec.federation.parties)]
 
     def create(api) -> tuple[dict, dict]:
         job = api.create_job(to_dict(spec))
         return job, {name: api.add_party(job["id"], name)["token"] for name in parties}
 
-    job, tokens = _ask(server, admin_token, ca_bundle, create)
+    job, tokens = _ask(server, admin_token, ca_bundle, retry_for, create)
     federation = spec.federation
     start = f"a start round choosing among {len(spec.prompt.starts)} starts, " if len(spec.prompt.starts) > 1 else ""
     typer.echo(
@@ -140,12 +138,18 @@ def round_line(record: dict, accuracy: dict[int, dict]) -> str:
 
 
 @job_app.command("history")
-def job_history(job: str = JOB, server: str = SERVER, token: str = READER_TOKEN, ca_bundle: str = CA_BUNDLE):
+def job_history(
+    job: str = JOB,
+    server: str = SERVER,
+    token: str = READER_TOKEN,
+    ca_bundle: str = CA_BUNDLE,
+    retry_for: float = RETRY_FOR,
+):
     """Print every closed round with its kind: the start's losses and choice, each search round's pooled training
     loss, step, backtracking and best round, and the parties' held-out accuracy of the prompt each round made."""
     from clients.party import ending
 
-    history = _ask(server, token, ca_bundle, lambda api: api.history(job))
+    history = _ask(server, token, ca_bundle, retry_for, lambda api: api.history(job))
     accuracy = {entry["round"]: entry for entry in history["accuracy"]}
     best = history["best"]
     returns = f"; returns the prompt after round {best['round']} (pooled loss {best['loss']:.4f})" if best else ""
@@ -165,38 +169,44 @@ def job_prompt(
     server: str = SERVER,
     token: str = READER_TOKEN,
     ca_bundle: str = CA_BUNDLE,
+    retry_for: float = RETRY_FOR,
 ):
     """Download a prompt of the job (z, its start and the spec that rebuilds it) for ``fedbpt evaluate``/``predict``."""
-    from fedbpt.job import LearnedPrompt, PromptFileError
+    from fedbpt.job import LearnedPrompt
 
     if which not in WHICH:
         raise fail(f"--which must be one of {', '.join(WHICH)}, got {which!r}")
-    data = _ask(server, token, ca_bundle, lambda api: api.prompt(job, which))
-    try:
-        prompt = LearnedPrompt.from_dict(data, f"the server's {which} prompt of job {job}")
-    except PromptFileError as error:
-        raise fail(str(error)) from None
+    data = _ask(server, token, ca_bundle, retry_for, lambda api: api.prompt(job, which))
+    prompt = LearnedPrompt.from_dict(data, f"the server's {which} prompt of job {job}")
     prompt.save(out)
     loss = "not scored yet" if prompt.loss is None else f"pooled loss {prompt.loss:.4f}"
     typer.echo(f"{which} prompt of job {job} (after round {prompt.round}, {loss}) written to {out}")
 
 
 @job_app.command("list")
-def job_list(server: str = SERVER, admin_token: str = ADMIN_TOKEN, ca_bundle: str = CA_BUNDLE):
+def job_list(
+    server: str = SERVER, admin_token: str = ADMIN_TOKEN, ca_bundle: str = CA_BUNDLE, retry_for: float = RETRY_FOR
+):
     """List the server's jobs: id, task, parties, name and where each is."""
     from clients.party import ending
     from fedbpt.spec import from_dict
 
-    for job in _ask(server, admin_token, ca_bundle, lambda api: api.jobs()):
+    for job in _ask(server, admin_token, ca_bundle, retry_for, lambda api: api.jobs()):
         spec = from_dict(job["spec"])
         where = f"{ending(job)} ({job['kind']})" if job["status"] == "running" else ending(job)
         typer.echo(f"{job['id']}  {spec.task_name:10s}  {len(job['parties']):3d} parties  {where}  {spec.name}")
 
 
 @job_app.command("cancel")
-def job_cancel(job: str = JOB, server: str = SERVER, admin_token: str = ADMIN_TOKEN, ca_bundle: str = CA_BUNDLE):
+def job_cancel(
+    job: str = JOB,
+    server: str = SERVER,
+    admin_token: str = ADMIN_TOKEN,
+    ca_bundle: str = CA_BUNDLE,
+    retry_for: float = RETRY_FOR,
+):
     """Cancel a running job: its parties stop at their next request, and its best prompt stays downloadable."""
-    cancelled = _ask(server, admin_token, ca_bundle, lambda api: api.cancel(job))
+    cancelled = _ask(server, admin_token, ca_bundle, retry_for, lambda api: api.cancel(job))
     typer.echo(f"job {job} cancelled at round {cancelled['round']} ({cancelled['kind']})")
 
 

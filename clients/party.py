@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.api import Api, ApiError, ServerUnavailable, enroll
+from clients.api import Api, ServerRefused, ServerUnavailable, enroll
 from fedbpt import rounds
 from fedbpt.aggregate import Scores, Update
 from fedbpt.backends import Backend, EncodedExample
@@ -30,7 +30,7 @@ from fedbpt.spec import JobSpec, from_dict
 
 LONG_POLL_S = 25.0
 # What a party reports as a one-line error instead of a traceback.
-PARTY_ERRORS = (ApiError, ServerUnavailable, JobMismatch, ModelNotFound, ValueError)
+PARTY_ERRORS = (ServerRefused, ServerUnavailable, JobMismatch, ModelNotFound, ValueError)
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def report_accuracy(
     accuracy = model.accuracy(state.mean, eval_set, eval_labels)
     try:
         api.evaluate(job, state.mean_round, accuracy, len(eval_set))
-    except ApiError as error:
+    except ServerRefused as error:
         if error.status != 409:
             raise
         log(f"{name}: the server kept an earlier report for round {state.mean_round}'s prompt ({error})")
@@ -158,7 +158,7 @@ def answer(
     report = respond(spec, state, model, examples, labels, me["index"], me["party"])
     try:
         api.submit(me["job"], state.round, rounds.report_body(spec, report))
-    except ApiError as error:
+    except ServerRefused as error:
         if error.status != 409:
             raise
         log(f"{me['party']}: round {state.round} closed without this report ({error})")

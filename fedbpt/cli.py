@@ -4,19 +4,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import typer
+from typer.core import TyperGroup
 
+from fedbpt.errors import UserError
 from fedbpt.models import QUANTS
 from fedbpt.options import spec_options
 from fedbpt.spec import JobSpec
 
-app = typer.Typer(help="Black-box federated prompt tuning (FedBPT).", no_args_is_help=True)
+
+class Commands(TyperGroup):
+    """The command group: an ordinary mistake (a ``UserError``) anywhere below it is one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=Commands, help="Black-box federated prompt tuning (FedBPT).", no_args_is_help=True)
 DTYPE = typer.Option("bfloat16", help="bfloat16 (fast on CPU) or float32")
 THREADS = typer.Option(0, help="torch threads (0 = torch's default)")
 
 
+def _show_version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        typer.echo(f"fedbpt {version('fedbpt')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="show the version"),
+) -> None:
     """Black-box federated prompt tuning (FedBPT)."""
 
 
@@ -39,12 +64,13 @@ def simulate(
     The returned prompt (the best by the parties' pooled training loss) is written beside the results as
     OUT with the suffix .prompt.json, for ``fedbpt evaluate`` and ``fedbpt predict``.
     """
-    from fedbpt.job import LearnedPrompt
+    from fedbpt.job import LearnedPrompt, preflight
     from fedbpt.models import load_backend
     from fedbpt.protocol import decode_vector
     from fedbpt.simulate import simulate as run
     from fedbpt.simulate import summary, summary_line
 
+    preflight(spec)
     backend = load_backend(spec.model.name, dtype=dtype, threads=threads or None)
     results = run(spec, backend, out, eval_every)
     typer.echo(summary(results))
@@ -78,8 +104,10 @@ def compare(
     calibrated), the chosen start and in-context learning, on the same parties, held-out set and seeds."""
     from fedbpt.compare import METHODS, PARTITIONS, CompareConfig, parse_list
     from fedbpt.compare import compare as run
+    from fedbpt.job import preflight
     from fedbpt.models import load_backend
 
+    preflight(spec)
     try:
         config = CompareConfig(
             spec=spec,
@@ -147,16 +175,14 @@ MODEL = typer.Option(None, help="model to load (default: the prompt's model)")
 DATA_DIR = typer.Option(None, help="folder holding the data files of the prompt's task file")
 
 
-def _load_prompt(prompt_file: Path, model: str | None, dtype: str, data_dir: Path | None):
-    from fedbpt.job import LearnedPrompt, PromptFileError, prompted_model
+def _load_prompt(prompt_file: Path, model: str | None, dtype: str, data_dir: Path | None, read_data: bool):
+    from fedbpt.job import LearnedPrompt, preflight, prompted_model
     from fedbpt.models import load_backend
 
-    try:
-        prompt = LearnedPrompt.load(prompt_file)
-    except PromptFileError as error:
-        raise fail(str(error)) from None
+    prompt = LearnedPrompt.load(prompt_file)
+    task = preflight(prompt.spec, model, data_dir, read_data)
     backend = load_backend(model or prompt.spec.model.name, dtype=dtype)
-    return prompt, prompted_model(prompt.spec, backend, data_dir).with_start(prompt.start)
+    return prompt, prompted_model(prompt.spec, backend, task=task).with_start(prompt.start)
 
 
 @app.command()
@@ -165,13 +191,14 @@ def predict(
     prompt: Path = PROMPT,
     model: str = MODEL,
     dtype: str = DTYPE,
+    data_dir: Path = DATA_DIR,
 ):
     """Classify texts with a learned prompt: the label and its (calibrated) probability per text."""
     import numpy as np
 
     from fedbpt.data import Example
 
-    learned, prompted = _load_prompt(prompt, model, dtype, None)
+    learned, prompted = _load_prompt(prompt, model, dtype, data_dir, read_data=False)
     scores = prompted.scores(learned.z, prompted.encode([Example(text, 0) for text in texts]))[0]
     for text, row in zip(texts, scores, strict=True):
         label = int(row.argmax())
@@ -191,7 +218,7 @@ def evaluate(
 
     import numpy as np
 
-    learned, prompted = _load_prompt(prompt, model, dtype, data_dir)
+    learned, prompted = _load_prompt(prompt, model, dtype, data_dir, read_data=True)
     rows = prompted.task.load_eval()
     rows = rows[:eval_examples] if eval_examples else rows
     encoded, labels = prompted.encode(rows), np.array([row.label for row in rows])

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fedbpt.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A data file or split request that cannot be honoured; the message says how to fix it."""
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from fedbpt.backends import Backend
+from fedbpt.errors import UserError
+from fedbpt.models import locate
 from fedbpt.objective import PromptedModel
 from fedbpt.projection import CACHE_LIMIT_BYTES, Projection, projection_scale
 from fedbpt.protocol import decode_vector, encode_vector
@@ -22,7 +24,7 @@ from fedbpt.spec import JobSpec, ModelSpec, SpecError, from_dict, to_dict
 from fedbpt.tasks import Task, resolve_task, task_from_dict
 
 
-class JobMismatch(ValueError):
+class JobMismatch(UserError, ValueError):
     """This party's model or projection differs from the job's; the message says how."""
 
 
@@ -42,6 +44,17 @@ def spec_task(spec: JobSpec, data_dir: Path | None = None) -> Task:
         folder = Path(data_dir or ".")
         return task_from_dict(spec.task, folder, f"the job's task file (data under {folder})")
     return resolve_task(spec.task)
+
+
+def preflight(spec: JobSpec, model: str | None = None, data_dir: Path | None = None, read_data: bool = True) -> Task:
+    """Check in a second what would otherwise fail after the model's ten-second load: the model is where its
+    name says, the task resolves and (with ``read_data``) its data files read. Returns the task."""
+    locate(model or spec.model.name)
+    task = spec_task(spec, data_dir)
+    if read_data:
+        task.load_train()
+        task.load_eval()
+    return task
 
 
 def prompted_model(
@@ -82,7 +95,7 @@ def prompted_model(
     )
 
 
-class PromptFileError(ValueError):
+class PromptFileError(UserError, ValueError):
     """A file that is not a prompt file; the message says which and why."""
 
 
@@ -110,10 +123,14 @@ class LearnedPrompt:
     @classmethod
     def from_dict(cls, data: object, origin: str = "prompt") -> LearnedPrompt:
         keys = {"job", "round", "loss", "start", "z", "spec"}
+        if isinstance(data, dict) and "rounds" in data and "spec" in data:  # the results file of 'fedbpt simulate'
+            if "prompt" not in data:
+                raise PromptFileError(f"{origin} is the results of a run that ended before it returned a prompt")
+            data = {**data["prompt"], "spec": data["spec"]}
         if not isinstance(data, dict) or not {"start", "z", "spec"} <= set(data) <= keys:
             raise PromptFileError(
                 f"{origin} is not a prompt file: it needs the keys {sorted(keys)} (write one with 'fedbpt job "
-                "prompt' or 'fedbpt simulate')"
+                "prompt', 'fedbpt simulate' or 'fedbpt compare')"
             )
         try:
             spec = from_dict(data["spec"])

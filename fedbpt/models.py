@@ -20,13 +20,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedbpt.errors import UserError
+
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("bfloat16", "float32")
 ENGINES = ("transformers", "llama.cpp")
 QUANTS = ("f16", "q8_0", "q4_0")
 
 
-class ModelNotFound(RuntimeError):
+class ModelNotFound(UserError, RuntimeError):
     """The model cannot be found; the message says how to install or name it."""
 
 
@@ -107,8 +109,6 @@ def _converted_copy(gguf: Path, label: str) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not gguf.is_file():
-        raise ModelNotFound(f"GGUF file {gguf} does not exist; reinstall the package that provides it")
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_dir() / "transformers" / f"{label}-{key}"
@@ -192,27 +192,37 @@ def gguf_file(name_or_path: str) -> Path | None:
     if path.suffix != ".gguf":
         return None
     if not path.is_file():
-        raise ModelNotFound(f"GGUF file {path} does not exist")
+        raise ModelNotFound(f"GGUF file {path} does not exist: give the path of a .gguf file or a packaged model name")
     return path
 
 
-def resolve_weights(name_or_path: str) -> str:
-    """A location transformers loads: a GGUF model's safetensors copy, a local folder or a hub id."""
+def locate(name_or_path: str) -> Path | str:
+    """Where a model's weights are, checked without loading anything: a GGUF file, a model folder or a hub id."""
     gguf = gguf_file(name_or_path)
     if gguf is not None:
-        packaged = name_or_path.partition(":")[0] in PACKAGED
-        return str(_converted_copy(gguf, name_or_path.replace(":", "-") if packaged else gguf.stem))
+        if not gguf.is_file():
+            raise ModelNotFound(f"GGUF file {gguf} does not exist; reinstall the package that provides it")
+        return gguf
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelNotFound(f"{path} is not a Hugging Face model folder (no config.json)")
-        return str(path)
+        return path
     if path.exists() or name_or_path.count("/") != 1:
         raise ModelNotFound(
             f"unknown model {name_or_path!r}: use one of {sorted(PACKAGED)}, a .gguf file, a model folder "
             "or a Hugging Face hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'"
         )
     return name_or_path
+
+
+def resolve_weights(name_or_path: str) -> str:
+    """A location transformers loads: a GGUF model's safetensors copy, a local folder or a hub id."""
+    location = locate(name_or_path)
+    if isinstance(location, Path) and location.suffix == ".gguf":
+        packaged = name_or_path.partition(":")[0] in PACKAGED
+        return str(_converted_copy(location, name_or_path.replace(":", "-") if packaged else location.stem))
+    return str(location)
 
 
 def load_backend(

@@ -19,7 +19,7 @@ from pathlib import Path
 import typer
 from pydantic.fields import FieldInfo
 
-from fedbpt.spec import JobSpec, SpecError, from_dict, load, to_dict
+from fedbpt.spec import JobSpec, from_dict, load, to_dict
 
 PINNED = {("model", "identity"), ("model", "hidden_size"), ("prompt", "scale"), ("prompt", "fingerprint")}
 FLAG_NAMES = {("", "name"): "job_name", ("model", "name"): "model", ("search", "method"): "search"}
@@ -115,12 +115,7 @@ def spec_options(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         given = {setting.parameter: kwargs.pop(setting.parameter, None) for setting in settings()}
-        config = kwargs.pop("config", None)
-        try:
-            spec = spec_from(config, given)
-        except SpecError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
+        spec = spec_from(kwargs.pop("config", None), given)  # a SpecError is a UserError: one line, exit 2
         return command(*args, spec=spec, **kwargs)
 
     wrapper.__signature__ = own.replace(parameters=[*parameters, *extra])

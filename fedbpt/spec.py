@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
+from fedbpt.errors import UserError
 from fedbpt.objective import DEFAULT_STARTS, STARTS
 from fedbpt.tasks import BUILTIN_TASKS, TaskError, task_from_dict
 
@@ -35,7 +36,7 @@ PARTITIONS = ("iid", "dirichlet")
 WIRES = ("float16", "float32")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A spec that cannot run; the message names the key and what is wrong with it."""
 
 
@@ -135,16 +136,19 @@ class JobSpec:
     data: DataSpec = field(default_factory=DataSpec)
     wire: Literal[WIRES] = Field("float16", description="precision of the vectors on the wire")
 
-    @model_validator(mode="after")
-    def _task_is_known(self) -> JobSpec:
-        if isinstance(self.task, dict):
+    @field_validator("task")
+    @classmethod
+    def _task_is_known(cls, task: str | dict) -> str | dict:
+        if isinstance(task, dict):
             try:
-                task_from_dict(self.task, Path("."), "the job's task")  # checks the keys; the data stays with parties
+                task_from_dict(task, Path("."), "the job's task")  # checks the keys; the data stays with parties
             except TaskError as error:
                 raise ValueError(str(error)) from None
-        elif self.task not in BUILTIN_TASKS and not self.task.endswith((".toml", ".json")):
-            raise ValueError(f"unknown task {self.task!r}: use one of {list(BUILTIN_TASKS)} or a task file")
-        return self
+        elif Path(task).suffix and not task.endswith((".toml", ".json")):
+            raise ValueError(f"task file {task} is neither TOML nor JSON: write it as a .toml or .json file")
+        elif task not in BUILTIN_TASKS and not task.endswith((".toml", ".json")):
+            raise ValueError(f"unknown task {task!r}: use one of {list(BUILTIN_TASKS)} or a task file")
+        return task
 
     @property
     def task_name(self) -> str:

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from fedbpt.data import DataError, Example, data_root, read_rows
+from fedbpt.errors import UserError
 
 FIELDS = ("text", "text_pair")
 AG_NEWS_POOL_PER_CLASS = 200
 AG_NEWS_SPLIT_SEED = 2024
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """A task definition that cannot work; the message names the problem and the fix."""
 
 
@@ -303,9 +304,18 @@ def task_from_dict(spec: object, data_dir: Path, origin: str) -> Task:
 
     def loader(key: str) -> Callable[[], list[Example]]:
         data_path = Path(data_dir) / spec[key]
-        return lambda: _examples(
-            read_rows(data_path), str(data_path), spec["text_column"], spec["label_column"], values, text_pair=pair
-        )
+
+        def load() -> list[Example]:
+            if not data_path.is_file():
+                raise TaskError(
+                    f"{origin}: its {key} file {data_path} does not exist (data paths are read under {data_dir}; "
+                    "--data-dir sets that folder)"
+                )
+            return _examples(
+                read_rows(data_path), str(data_path), spec["text_column"], spec["label_column"], values, text_pair=pair
+            )
+
+        return load
 
     return Task(
         str(spec["name"]),

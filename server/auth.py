@@ -10,7 +10,7 @@ import hmac
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from server.errors import ApiError
+from server.errors import Refusal
 from server.service import Coordinator
 from server.settings import Settings
 
@@ -25,9 +25,10 @@ async def coordinator(request: Request) -> Coordinator:
     return request.app.state.coordinator
 
 
-def _token(credentials: HTTPAuthorizationCredentials | None) -> str:
+def bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The token a request presents (the coordinator's and the prediction server's routes check it)."""
     if credentials is None or not credentials.credentials:
-        raise ApiError(401, "missing_token", "send 'Authorization: Bearer <token>'")
+        raise Refusal(401, "missing_token", "send 'Authorization: Bearer <token>'")
     return credentials.credentials
 
 
@@ -40,12 +41,12 @@ async def require_admin(
     config: Settings = Depends(settings),
     service: Coordinator = Depends(coordinator),
 ) -> None:
-    token = _token(credentials)
+    token = bearer_token(credentials)
     if _is_admin(token, config):
         return
     if service.party_for_token(token) is not None:
-        raise ApiError(403, "admin_only", "this route needs the administrator token, not a party token")
-    raise ApiError(401, "bad_token", "wrong administrator token")
+        raise Refusal(403, "admin_only", "this route needs the administrator token, not a party token")
+    raise Refusal(401, "bad_token", "wrong administrator token")
 
 
 async def current_party(
@@ -53,19 +54,19 @@ async def current_party(
     config: Settings = Depends(settings),
     service: Coordinator = Depends(coordinator),
 ) -> dict:
-    token = _token(credentials)
+    token = bearer_token(credentials)
     party = service.party_for_token(token)
     if party is None and _is_admin(token, config):
-        raise ApiError(403, "party_only", "this route is for parties: use a party token, not the administrator's")
+        raise Refusal(403, "party_only", "this route is for parties: use a party token, not the administrator's")
     if party is None:
-        raise ApiError(401, "bad_token", "unknown token; ask the administrator for a party token")
+        raise Refusal(401, "bad_token", "unknown token; ask the administrator for a party token")
     return party
 
 
 async def job_party(job_id: str, party: dict = Depends(current_party)) -> dict:
     """The calling party, which must belong to the job in the path."""
     if party["job_id"] != job_id:
-        raise ApiError(403, "wrong_job", f"this token belongs to another job, not to {job_id}")
+        raise Refusal(403, "wrong_job", f"this token belongs to another job, not to {job_id}")
     return party
 
 
@@ -76,11 +77,11 @@ async def job_reader(
     service: Coordinator = Depends(coordinator),
 ) -> None:
     """The administrator, or a party of the job in the path."""
-    token = _token(credentials)
+    token = bearer_token(credentials)
     if _is_admin(token, config):
         return
     party = service.party_for_token(token)
     if party is None:
-        raise ApiError(401, "bad_token", "unknown token; use the administrator token or a party token of this job")
+        raise Refusal(401, "bad_token", "unknown token; use the administrator token or a party token of this job")
     if party["job_id"] != job_id:
-        raise ApiError(403, "wrong_job", f"this token belongs to another job, not to {job_id}")
+        raise Refusal(403, "wrong_job", f"this token belongs to another job, not to {job_id}")

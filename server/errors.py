@@ -8,7 +8,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 
-class ApiError(Exception):
+class Refusal(Exception):
+    """A request the server refuses; answered as {"error": {status, code, message}}."""
+
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
@@ -34,8 +36,8 @@ def _describe(errors: list[dict]) -> str:
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, error: ApiError) -> JSONResponse:
+    @app.exception_handler(Refusal)
+    async def api_error(_: Request, error: Refusal) -> JSONResponse:
         return error_response(error.status, error.code, error.message)
 
     @app.exception_handler(RequestValidationError)

@@ -27,7 +27,7 @@ from fedbpt.aggregate import InvalidUpdate
 from fedbpt.job import LearnedPrompt
 from fedbpt.rounds import GlobalState
 from fedbpt.spec import JobSpec, from_dict, to_dict
-from server.errors import ApiError
+from server.errors import Refusal
 from server.metrics import Metrics
 from server.store import Store
 
@@ -129,7 +129,7 @@ class Coordinator:
     def job(self, job_id: str) -> dict:
         job = self.store.job(job_id)
         if job is None:
-            raise ApiError(404, "unknown_job", f"no job {job_id!r}; list jobs with GET /v1/jobs")
+            raise Refusal(404, "unknown_job", f"no job {job_id!r}; list jobs with GET /v1/jobs")
         return job
 
     def view(self, job: dict) -> dict:
@@ -147,7 +147,7 @@ class Coordinator:
 
     def create_job(self, spec: JobSpec) -> dict:
         if not spec.pinned:
-            raise ApiError(
+            raise Refusal(
                 422,
                 "unpinned_spec",
                 "the spec is not pinned to a model (model.identity, prompt.fingerprint); create jobs with "
@@ -170,7 +170,7 @@ class Coordinator:
     def _cancel(self, job_id: str) -> None:
         job = self.job(job_id)
         if job["status"] != "running":
-            raise ApiError(409, "job_not_running", f"job {job_id} is already {job['status']}")
+            raise Refusal(409, "job_not_running", f"job {job_id} is already {job['status']}")
         self.store.set_job(job_id, "cancelled", job["state"], self.clock())
         self._refresh_round(job_id)
 
@@ -178,7 +178,7 @@ class Coordinator:
     def _reserve(self, job_id: str, name: str, token: str | None) -> None:
         self.job(job_id)
         if self.store.party(job_id, name) is not None:
-            raise ApiError(409, "party_exists", f"job {job_id} already has a party named {name!r}; pick another name")
+            raise Refusal(409, "party_exists", f"job {job_id} already has a party named {name!r}; pick another name")
         self.store.add_party(job_id, name, token and token_hash(token), self.clock())
         if token:
             self._remember_party(job_id, name)
@@ -206,9 +206,9 @@ class Coordinator:
     def _redeem(self, secret: str, token: str) -> dict:
         enrollment = self.store.enrollment(token_hash(secret))
         if enrollment is None:
-            raise ApiError(401, "bad_secret", "unknown enrollment secret; ask the administrator for a new one")
+            raise Refusal(401, "bad_secret", "unknown enrollment secret; ask the administrator for a new one")
         if enrollment["redeemed"] is not None:
-            raise ApiError(409, "secret_used", "this enrollment secret was already redeemed; ask for a new one")
+            raise Refusal(409, "secret_used", "this enrollment secret was already redeemed; ask for a new one")
         self.store.redeem(enrollment["secret_hash"], self.clock())
         self.store.set_party_token(enrollment["job_id"], enrollment["name"], token_hash(token))
         self._remember_party(enrollment["job_id"], enrollment["name"])
@@ -221,7 +221,7 @@ class Coordinator:
     def round_view(self, job_id: str) -> RoundView:
         view = self._rounds.get(job_id)
         if view is None:
-            raise ApiError(404, "unknown_job", f"no job {job_id!r}; list jobs with GET /v1/jobs")
+            raise Refusal(404, "unknown_job", f"no job {job_id!r}; list jobs with GET /v1/jobs")
         return view
 
     async def submit(self, job_id: str, party: str, round_number: int, body: dict) -> dict:
@@ -238,7 +238,7 @@ class Coordinator:
         if existing is not None:
             if existing["digest"] != fingerprint:
                 self._reject("conflict")
-                raise ApiError(
+                raise Refusal(
                     409,
                     "conflicting_report",
                     f"party {party!r} already sent a different report for round {round_number}; "
@@ -248,14 +248,14 @@ class Coordinator:
             return {"job": job_id, "party": party, "round": round_number, "duplicate": True, "round_closed": False}
         if job["status"] != "running":
             self._reject("job_not_running")
-            raise ApiError(409, "job_not_running", f"job {job_id} is {job['status']}; no more reports")
+            raise Refusal(409, "job_not_running", f"job {job_id} is {job['status']}; no more reports")
         spec, state = self._spec(job), GlobalState.from_dict(job["state"])
         self._check_open(job_id, state, round_number)
         try:
             rounds.validate(spec, state, rounds.report_from_body(spec, party, body))
         except InvalidUpdate as error:
             self._reject("invalid")
-            raise ApiError(422, "invalid_report", str(error)) from None
+            raise Refusal(422, "invalid_report", str(error)) from None
         self.store.add_report(job_id, round_number, party, body, fingerprint, self.clock())
         self._note_submitted(job_id, round_number, party)
         self.metrics.reports.labels("accepted").inc()
@@ -269,7 +269,7 @@ class Coordinator:
             return
         code = "stale_round" if round_number < state.round else "future_round"
         self._reject(code)
-        raise ApiError(
+        raise Refusal(
             409,
             code,
             f"round {round_number} is {'closed' if round_number < state.round else 'not open yet'}; the open "
@@ -325,9 +325,9 @@ class Coordinator:
         spec, state = self._spec(job), GlobalState.from_dict(job["state"])
         if prompt_round > spec.federation.rounds:
             rounds_note = f"job {job_id} has {spec.federation.rounds} search rounds"
-            raise ApiError(422, "no_such_prompt", f"{rounds_note}: there is no prompt after round {prompt_round}")
+            raise Refusal(422, "no_such_prompt", f"{rounds_note}: there is no prompt after round {prompt_round}")
         if prompt_round >= state.round:
-            raise ApiError(
+            raise Refusal(
                 409,
                 "future_round",
                 f"there is no global prompt after round {prompt_round} yet (the open round is {state.round})",
@@ -337,7 +337,7 @@ class Coordinator:
             same = existing["accuracy"] == evaluation["accuracy"] and existing["n_examples"] == evaluation["n_examples"]
             if not same:
                 message = f"party {party!r} already reported another accuracy of the prompt after round {prompt_round}"
-                raise ApiError(409, "conflicting_evaluation", message)
+                raise Refusal(409, "conflicting_evaluation", message)
             return False
         self.store.add_evaluation(job_id, prompt_round, party, evaluation, self.clock())
         return True
@@ -366,7 +366,7 @@ class Coordinator:
         job = self.job(job_id)
         state = GlobalState.from_dict(job["state"])
         if not state.start:
-            raise ApiError(409, "no_prompt_yet", f"job {job_id} is still choosing its start (round 0): no prompt yet")
+            raise Refusal(409, "no_prompt_yet", f"job {job_id} is still choosing its start (round 0): no prompt yet")
         if which == "best":
             best = rounds.best_prompt(state)
             z, prompt_round, loss = best.mean, best.round, best.loss

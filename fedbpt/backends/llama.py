@@ -24,6 +24,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from fedbpt.errors import UserError
+
 # llama.cpp's OpenMP threads spin while waiting; on a machine whose cores are shared (or oversubscribed)
 # that spinning starves the other threads: 200 tokens took 4-6 s with 2 spinning threads, 1.1 s passive.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
@@ -40,7 +42,7 @@ N_SEQ_MAX = 64
 EMBEDDING_ROWS_PER_READ = 1024
 
 
-class LlamaError(RuntimeError):
+class LlamaError(UserError, RuntimeError):
     """llama.cpp refused a model file or a batch; the message says which and why."""
 
 

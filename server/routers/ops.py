@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.auth import coordinator
-from server.errors import ApiError
+from server.errors import Refusal
 from server.service import Coordinator
 
 router = APIRouter(tags=["ops"])
@@ -22,7 +22,7 @@ def readyz(service: Coordinator = Depends(coordinator)) -> dict:
     try:
         service.store.ping()
     except Exception as error:  # any database failure means "not ready"
-        raise ApiError(503, "not_ready", f"database unavailable: {error}") from None
+        raise Refusal(503, "not_ready", f"database unavailable: {error}") from None
     return {"status": "ready"}
 
 

@@ -8,7 +8,7 @@ import time
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from server.auth import coordinator, current_party, job_party
-from server.errors import ApiError
+from server.errors import Refusal
 from server.schemas import Accepted, EvaluationIn, Me, Report, RoundInfo, Spec
 from server.service import Coordinator
 
@@ -61,7 +61,7 @@ async def submit_report(
     """Submit this party's report for the open round (201): its update in a search round, its losses in the start
     and final rounds (``fedbpt.rounds.report_body``). Resending the same report answers 200."""
     if report.round != round_number:
-        raise ApiError(422, "round_mismatch", f"the body says round {report.round}, the path says {round_number}")
+        raise Refusal(422, "round_mismatch", f"the body says round {report.round}, the path says {round_number}")
     accepted = await service.submit(job_id, party["name"], round_number, report.model_dump())
     if accepted["duplicate"]:
         response.status_code = 200
