@@ -214,7 +214,17 @@ class PromptedModel:
         return self.scores(z, examples)[0].argmax(axis=-1)
 
     def accuracy(self, z: np.ndarray | None, examples: list[EncodedExample], labels: np.ndarray) -> float:
-        return float((self.predict(z, examples) == labels).mean())
+        """Held-out accuracy, calibrated when the model calibrates."""
+        return self.accuracies(z, examples, labels)["calibrated" if self.calibrate else "raw"]
+
+    def accuracies(self, z: np.ndarray | None, examples: list[EncodedExample], labels: np.ndarray) -> dict:
+        """Held-out accuracy of the first candidate raw and calibrated, from one scoring pass."""
+        log_probs = log_softmax(self.logits(z, examples + self.content_free))[:1]
+        raw, reference = log_probs[:, : len(examples)], log_probs[:, len(examples) :]
+        return {
+            "raw": float((raw[0].argmax(-1) == labels).mean()),
+            "calibrated": float((calibrated(raw, reference)[0].argmax(-1) == labels).mean()),
+        }
 
     def loss(self, z: np.ndarray, examples: list[EncodedExample], labels: np.ndarray, loss: str = "ce") -> np.ndarray:
         """The plain (unperturbed) loss of each candidate on the examples: (candidates,)."""

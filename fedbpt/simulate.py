@@ -26,6 +26,7 @@ from fedbpt.protocol import encode_vector
 from fedbpt.rounds import GlobalState
 from fedbpt.search import respond
 from fedbpt.spec import JobSpec, from_dict, to_dict
+from fedbpt.tracking import RunLog, provenance, round_event
 
 
 @dataclass
@@ -170,9 +171,12 @@ def simulate(spec: JobSpec, backend: Backend, out: Path | None = None, eval_ever
         "eval_size": len(federation.eval_set),
         "party_examples": [len(party.labels) for party in parties],
         "party_class_histogram": federation.histogram.tolist(),
+        "provenance": provenance(),
         "rounds": [],
-        "accuracy": {},  # held-out accuracy of the prompt after round k, by k
+        "accuracy": {},  # held-out accuracy of the prompt after round k, by k (calibrated when the spec calibrates)
+        "accuracies": {},  # the same, raw and calibrated
     }
+    log = RunLog(out.with_suffix(".events.jsonl")) if out is not None else None
 
     def save() -> None:
         if out is not None:
@@ -181,7 +185,9 @@ def simulate(spec: JobSpec, backend: Backend, out: Path | None = None, eval_ever
     def evaluate(state: GlobalState, z: np.ndarray, after_round: int) -> float:
         if str(after_round) not in results["accuracy"]:
             scorer = model.with_start(state.start)
-            results["accuracy"][str(after_round)] = scorer.accuracy(z, federation.eval_set, federation.eval_labels)
+            both = scorer.accuracies(z, federation.eval_set, federation.eval_labels)
+            results["accuracies"][str(after_round)] = both
+            results["accuracy"][str(after_round)] = both["calibrated" if model.calibrate else "raw"]
         return results["accuracy"][str(after_round)]
 
     results |= zero_shot(federation)
@@ -189,6 +195,9 @@ def simulate(spec: JobSpec, backend: Backend, out: Path | None = None, eval_ever
         f"zero-shot {results['zero_shot']:.4f} (calibrated {results['zero_shot_calibrated']:.4f}) on "
         f"{len(federation.eval_set)} held-out examples"
     )
+    if log is not None:
+        baselines = {key: results[key] for key in ("zero_shot", "zero_shot_calibrated")}
+        log.write({"event": "run", "spec": results["spec"], **results["provenance"], **baselines})
     state = rounds.initial(spec)
     total = sum(len(round_parties(spec, number)) for number in range(state.round, spec.federation.rounds + 2))
     bar = tqdm(total=total, desc="party rounds", unit="party")
@@ -200,13 +209,25 @@ def simulate(spec: JobSpec, backend: Backend, out: Path | None = None, eval_ever
             record["elapsed"] = time.perf_counter() - started
             results["rounds"].append(record)
             results["state"] = state.to_dict()
-            bar.set_postfix(
-                loss=f"{record['loss']:.4f}", best=f"r{record['best_round']}", acc=record.get("accuracy", "-")
-            )
+            bar.set_postfix_str(progress_note(record))
             save()
+            if log is not None:
+                made = str(state.mean_round) if "accuracy" in record else None
+                log.write(round_event(record, results["accuracies"].get(made)))
         if results["status"] == "running":
             finish(results, spec, state, evaluate)
+    if log is not None:
+        figures = {key: results[key] for key in ("status", "best_round", "final_accuracy", "seconds") if key in results}
+        log.write({"event": "end", **figures})
+        log.close()
     return results
+
+
+def progress_note(record: dict) -> str:
+    """The progress bar's note on a closed round: its pooled loss, the best round so far and the accuracy."""
+    accuracy = f", accuracy {record['accuracy']:.4f}" if "accuracy" in record else ""
+    loss = f"loss {record['loss']:.4f} (lower is better)"
+    return f"round {record['round']}: {loss}, best round {record['best_round']}{accuracy}"
 
 
 def finish(results: dict, spec: JobSpec, state: GlobalState, evaluate: Callable) -> None:

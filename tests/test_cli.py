@@ -2,9 +2,13 @@
 
 import importlib
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
+from serving import ADMIN_TOKEN, ServerProcess
 from typer.testing import CliRunner
 
 from fedbpt.job import LearnedPrompt
@@ -153,3 +157,89 @@ def test_a_prompt_file_round_trips(tmp_path):
     again = LearnedPrompt.load(tmp_path / "prompts" / "p.json")
     assert (again.spec, again.start, again.round, again.loss, again.job) == (spec, "vocabulary", 3, 0.25, "abc")
     np.testing.assert_array_equal(again.z, prompt.z)
+
+
+def run_fedbpt(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
+    """The installed ``fedbpt`` console script in a real process, as a user runs it."""
+    return subprocess.run(["fedbpt", *arguments], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def new_user_mistakes(tmp_path) -> dict:
+    (tmp_path / "broken.json").write_text('{"name": broken')
+    (tmp_path / "task.yaml").write_text("name: reviews\n")
+    (tmp_path / "notes.json").write_text('{"hello": 1}')
+    down = "http://127.0.0.1:9"
+    return {
+        ("simulate", "--task", "sst-2"): "error: task: unknown task 'sst-2': use one of "
+        "['sst2', 'agnews', 'yelp2', 'dbpedia'] or a task file",
+        ("simulate", "--model", "missing.gguf"): "error: GGUF file missing.gguf does not exist: give the path of a "
+        ".gguf file or a packaged model name",
+        ("simulate", "--rounds", "0"): "error: federation.rounds: Input should be greater than or equal to 1",
+        ("simulate", "--task", "broken.json"): "error: task file broken.json cannot be parsed: Expecting value: "
+        "line 1 column 10 (char 9)",
+        ("simulate", "--task", "task.yaml"): "error: task: task file task.yaml is neither TOML nor JSON: write it as "
+        "a .toml or .json file",
+        ("evaluate", "--prompt", "notes.json"): "error: notes.json is not a prompt file: it needs the keys "
+        "['job', 'loss', 'round', 'spec', 'start', 'z'] (write one with 'fedbpt job prompt', 'fedbpt simulate' "
+        "or 'fedbpt compare')",
+        ("job", "history", "nosuchjob", "--server", down, "--token", "t", "--retry-for", "0"): "error: server at "
+        f"{down} unavailable for 0 s: check the URL and that the server runs (--retry-for waits longer)",
+        ("job", "create", "--server", down, "--admin-token", "t", "--retry-for", "0"): "error: server at "
+        f"{down} unavailable for 0 s: check the URL and that the server runs (--retry-for waits longer)",
+    }
+
+
+def test_a_new_users_mistakes_are_one_line_and_exit_2_before_any_model_loads(tmp_path):
+    for arguments, first_line in new_user_mistakes(tmp_path).items():
+        started = time.monotonic()
+        result = run_fedbpt(*arguments, cwd=tmp_path)
+        assert (result.returncode, result.stderr.splitlines()[-1:]) == (2, [first_line]), arguments
+        assert "Traceback" not in result.stderr + result.stdout
+        assert time.monotonic() - started < 5, arguments  # checked before a model loads (which takes 10 s)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = ServerProcess(tmp_path_factory.mktemp("server") / "fedbpt.db").start()
+    yield process
+    process.stop()
+
+
+def test_a_wrong_token_and_an_unknown_job_are_one_line_errors(server):
+    refused = run_fedbpt("job", "history", "nosuchjob", "--server", server.url, "--token", "wrong-token")
+    assert (refused.returncode, refused.stderr.strip()) == (
+        2,
+        "error: unknown token; use the administrator token or a party token of this job (HTTP 401 bad_token)",
+    )
+    unknown = run_fedbpt("job", "history", "nosuchjob", "--server", server.url, "--token", ADMIN_TOKEN)
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: ") and "nosuchjob" in unknown.stderr
+    assert "Traceback" not in refused.stderr + unknown.stderr
+
+
+def test_version_and_python_dash_m():
+    version = subprocess.run([sys.executable, "-m", "fedbpt", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("fedbpt ")
+    assert run_fedbpt("--version").stdout == version.stdout
+
+
+def test_a_simulation_result_round_trips_into_evaluate_and_predict(tmp_path, backend):
+    model = tmp_path / "tiny-model"
+    backend.model.save_pretrained(model)
+    backend.tokenizer.save_pretrained(model)
+    out = tmp_path / "runs" / "tiny.json"
+    small = ["--parties", "2", "--rounds", "1", "--examples-per-party", "4", "--population", "2", "--iterations", "1"]
+    common = ["--model", str(model), "--dtype", "float32"]
+    result = invoke("simulate", *common, *small, "--eval-examples", "8", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in out.with_suffix(".events.jsonl").read_text().splitlines()]
+    assert [event["event"] for event in events] == ["run", "round", "round", "round", "end"]
+    assert events[0]["git_commit"] and events[0]["packages"]["fedbpt"]
+    assert {"loss", "sigma", "accuracy_raw", "accuracy_calibrated", "bytes_sent", "parties"} <= set(events[2])
+    for prompt in (out, out.with_suffix(".prompt.json")):
+        evaluated = invoke("evaluate", "--prompt", str(prompt), *common)
+        assert evaluated.exit_code == 0, evaluated.output
+        assert evaluated.stdout.splitlines()[-1].startswith("zero_shot=")
+        predicted = invoke("predict", "a fine film", "a dull mess", "--prompt", str(prompt), *common)
+        assert predicted.exit_code == 0, predicted.output
+        lines = predicted.stdout.splitlines()
+        assert len(lines) == 2 and {line.split("\t")[0] for line in lines} <= {"positive", "negative"}
