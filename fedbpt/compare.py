@@ -32,6 +32,7 @@ from fedbpt.job import LearnedPrompt
 from fedbpt.protocol import decode_vector
 from fedbpt.simulate import write_json
 from fedbpt.spec import JobSpec
+from fedbpt.tracking import provenance
 
 METHODS = (
     "zero-shot",
@@ -292,7 +293,9 @@ def plot(runs: list[dict], config: CompareConfig, out_dir: Path) -> list[Path]:
         ("accuracy_vs_round", 0, "round (0 = starting prompt)", False),
         ("accuracy_vs_bytes", 2, "total bytes communicated, all parties (log)", True),
     ):
-        figure, axes = plt.subplots(1, len(partitions), figsize=(6 * len(partitions), 4.2), squeeze=False)
+        figure, axes = plt.subplots(
+            1, len(partitions), figsize=(6 * len(partitions), 4.2), squeeze=False, sharey=True
+        )  # one y-range: panels compare at a glance
         for axis, partition in zip(axes[0], partitions, strict=True):
             for method in methods:
                 done = [r for r in runs if r["method"] == method and r["partition"] == partition]
@@ -307,7 +310,7 @@ def plot(runs: list[dict], config: CompareConfig, out_dir: Path) -> list[Path]:
                 xs, ys = points[0, :, x_index], 100 * points[:, :, 1].mean(axis=0)
                 if log:
                     xs, ys = xs[1:], ys[1:]
-                axis.plot(xs, ys, marker="o", label=LABELS[method], color=_color(method))
+                axis.plot(xs, ys, **_style(method), label=LABELS[method], alpha=0.85)
             if log:
                 axis.set_xscale("log")
             else:
@@ -330,6 +333,16 @@ def plot(runs: list[dict], config: CompareConfig, out_dir: Path) -> list[Path]:
 
 def _color(method: str) -> str:
     return f"C{METHODS.index(method)}"
+
+
+MARKERS = "osD^vP*Xh<>"
+
+
+def _style(method: str) -> dict:
+    """A colour, marker and dash per method, so curves that overlap stay told apart."""
+    index = METHODS.index(method)
+    dashes = ("-", "--", "-.", ":")[index % 4]
+    return {"color": _color(method), "marker": MARKERS[index % len(MARKERS)], "linestyle": dashes, "markersize": 5}
 
 
 def machine() -> dict:
@@ -360,6 +373,7 @@ def compare(config: CompareConfig, backend: Backend, out_dir: Path) -> dict:
         "shared": config.shared(),
         "model": backend.identity,
         "machine": machine(),
+        "provenance": provenance(),
         "runs": runs,
     }
     grid = [

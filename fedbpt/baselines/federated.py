@@ -26,6 +26,7 @@ from fedbpt.protocol import encode_vector
 from fedbpt.search import party_seed
 from fedbpt.simulate import Federation, finishing, prepare, round_parties, start_round, write_json
 from fedbpt.spec import JobSpec, to_dict
+from fedbpt.tracking import RunLog, provenance, round_event
 
 GRADIENT_METHODS = ("fedprompt", "fedptuning")
 
@@ -97,9 +98,11 @@ def run_gradient(
         "party_class_histogram": federation.histogram.tolist(),
         "trainable_parameters": int(parameters.size),
         "start": state.start,
+        "provenance": provenance(),
         "rounds": [start_record] if start_record else [],
         "accuracy": {},
     }
+    log = RunLog(out.with_suffix(".events.jsonl")) if out is not None else None
 
     def save() -> None:
         if out is not None:
@@ -140,7 +143,12 @@ def run_gradient(
             results["rounds"].append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", acc=record.get("accuracy", "-"))
             save()
+            if log is not None:
+                log.write(round_event(record))
     if results["status"] == "finished":
         results["final_accuracy"] = results["last_accuracy"] = results["accuracy"][str(rounds)]
         results["best_round"] = results["last_round"] = rounds
+    if log is not None:
+        log.write({"event": "end", "status": results["status"], "final_accuracy": results.get("final_accuracy")})
+        log.close()
     return results
