@@ -59,14 +59,13 @@ def round_event(record: dict, accuracy: dict | None = None) -> dict:
 
 
 class RunLog:
-    """Appends events to ``path`` (JSON lines, each flushed) and their numbers to TensorBoard when installed.
+    """Appends events to ``path`` (JSON lines) and their numbers to TensorBoard when it is installed.
 
     A run that is resumed appends to the same file; every line carries the time it was written."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = self.path.open("a")
         self.scalars = None
         if importlib.util.find_spec("tensorboard") is not None:
             from tensorboard.summary import Writer
@@ -74,8 +73,8 @@ class RunLog:
             self.scalars = Writer(str(self.path.with_suffix("")) + ".tensorboard")
 
     def write(self, event: dict) -> None:
-        self.file.write(json.dumps({"time": round(time.time(), 3), **event}) + "\n")
-        self.file.flush()
+        with self.path.open("a") as file:  # opened per event: a run writes a few per round, a server many runs
+            file.write(json.dumps({"time": round(time.time(), 3), **event}) + "\n")
         if self.scalars is not None and "round" in event:
             for key, value in event.items():
                 if isinstance(value, int | float) and not isinstance(value, bool) and key != "round":
@@ -83,6 +82,5 @@ class RunLog:
             self.scalars.flush()
 
     def close(self) -> None:
-        self.file.close()
         if self.scalars is not None:
             self.scalars.close()

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import errors
 from server.events import RoundEvents
+from server.journal import Journal, configure_logging
 from server.metrics import Metrics
 from server.routers import jobs, ops, results, rounds
 from server.service import Coordinator
@@ -116,7 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings or Settings.from_env()
         app.state.store = Store(app.state.settings.database)
         app.state.events.bind(asyncio.get_running_loop())
-        app.state.coordinator = Coordinator(app.state.store, app.state.metrics, app.state.events.notify)
+        configure_logging()
+        journal = Journal(app.state.settings.events_folder)
+        app.state.coordinator = Coordinator(app.state.store, app.state.metrics, app.state.events.notify, journal)
         task = asyncio.create_task(_close_overdue_rounds(app))
         _tune_garbage_collector()
         yield
@@ -124,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         app.state.store.close()
+        journal.close()
 
     app = FastAPI(
         title="fedbpt server",

@@ -27,7 +27,9 @@ from fedbpt.aggregate import InvalidUpdate
 from fedbpt.job import LearnedPrompt
 from fedbpt.rounds import GlobalState
 from fedbpt.spec import JobSpec, from_dict, to_dict
+from fedbpt.tracking import provenance, round_event
 from server.errors import Refusal
+from server.journal import Journal
 from server.metrics import Metrics
 from server.store import Store
 
@@ -80,8 +82,10 @@ def _scored_loss(records: list[dict], prompt_round: int) -> float | None:
 
 
 class Coordinator:
-    def __init__(self, store: Store, metrics: Metrics, notify: Callable[[str], None], clock=time.time):
-        self.store, self.metrics, self.notify, self.clock = store, metrics, notify, clock
+    def __init__(
+        self, store: Store, metrics: Metrics, notify: Callable[[str], None], journal: Journal, clock=time.time
+    ):
+        self.store, self.metrics, self.notify, self.journal, self.clock = store, metrics, notify, journal, clock
         self._specs: dict[str, JobSpec] = {}
         self._party_by_token = {party["token_hash"]: party for party in store.parties_with_tokens()}
         self._rounds = {job["id"]: self._read_round(job["id"]) for job in store.jobs()}
@@ -125,6 +129,10 @@ class Coordinator:
 
         self.store.after_commit(publish)
 
+    def _journal(self, job_id: str, event: dict) -> None:
+        """Inside a unit of work: the event is logged once that commits."""
+        self.store.after_commit(lambda: self.journal.write(job_id, event))
+
     # jobs
     def job(self, job_id: str) -> dict:
         job = self.store.job(job_id)
@@ -158,6 +166,8 @@ class Coordinator:
         def add() -> None:
             self.store.add_job(job_id, to_dict(spec), rounds.initial(spec).to_dict(), self.clock())
             self._refresh_round(job_id)
+            created = {"task": spec.task_name, "model": spec.model.name, "parties": spec.federation.parties}
+            self._journal(job_id, {"event": "job_created", **created, "spec": to_dict(spec), **provenance()})
 
         self.store.write(add)
         return self.view(self.job(job_id))
@@ -173,6 +183,7 @@ class Coordinator:
             raise Refusal(409, "job_not_running", f"job {job_id} is already {job['status']}")
         self.store.set_job(job_id, "cancelled", job["state"], self.clock())
         self._refresh_round(job_id)
+        self._journal(job_id, {"event": "job_ended", "status": "cancelled", "round": job["state"]["round"]})
 
     # parties
     def _reserve(self, job_id: str, name: str, token: str | None) -> None:
@@ -182,6 +193,7 @@ class Coordinator:
         self.store.add_party(job_id, name, token and token_hash(token), self.clock())
         if token:
             self._remember_party(job_id, name)
+        self._journal(job_id, {"event": "party_added", "party": name, "by": "token" if token else "enrollment"})
 
     def add_party(self, job_id: str, name: str) -> dict:
         token = "fbp_" + secrets.token_urlsafe(32)
@@ -212,6 +224,7 @@ class Coordinator:
         self.store.redeem(enrollment["secret_hash"], self.clock())
         self.store.set_party_token(enrollment["job_id"], enrollment["name"], token_hash(token))
         self._remember_party(enrollment["job_id"], enrollment["name"])
+        self._journal(enrollment["job_id"], {"event": "party_enrolled", "party": enrollment["name"]})
         return enrollment
 
     def party_for_token(self, token: str) -> dict | None:
@@ -282,16 +295,25 @@ class Coordinator:
     def _close(self, job: dict, spec: JobSpec, state: GlobalState, reason: str) -> None:
         """Close the open round with its reports and open the next one (or finish). Inside a unit of work."""
         now = self.clock()
-        reports = [
-            rounds.report_from_body(spec, party, body) for party, body in self.store.reports(job["id"], state.round)
-        ]
+        bodies = self.store.reports(job["id"], state.round)
+        reports = [rounds.report_from_body(spec, party, body) for party, body in bodies]
         new, record = rounds.close(spec, state, reports)
+        sent = int(sum(len(json.dumps(body)) for _, body in bodies) / len(bodies))
+        received = len(json.dumps(rounds.round_message(spec, state)))
         record |= {"reason": reason, "seconds": now - job["round_opened"], "closed": now}
+        record["bytes_per_party"] = {"sent": sent, "received": received}
         self.store.add_round(job["id"], state.round, reason, record, now)
         status = "finished" if rounds.finished(spec, new) else "running"
         self.store.set_job(job["id"], status, new.to_dict(), now)
         self._refresh_round(job["id"])
         self.metrics.rounds.labels(reason).inc()
+        self._journal(job["id"], {**round_event(record), "reason": reason})
+        if status == "finished":
+            self._journal(
+                job["id"], {"event": "job_ended", "status": status, "best_round": rounds.best_prompt(new).round}
+            )
+        else:
+            self._journal(job["id"], {"event": "round_opened", "round": new.round, "kind": rounds.kind(spec, new)})
 
     def close_overdue(self) -> list[str]:
         """Close every round past its deadline that has its quorum; returns the jobs that moved on."""
@@ -340,6 +362,7 @@ class Coordinator:
                 raise Refusal(409, "conflicting_evaluation", message)
             return False
         self.store.add_evaluation(job_id, prompt_round, party, evaluation, self.clock())
+        self._journal(job_id, {"event": "evaluation", "round": prompt_round, "party": party, **evaluation})
         return True
 
     def history(self, job_id: str) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -13,6 +14,12 @@ class Settings:
     max_body_bytes: int = 1 << 20
     max_wait_s: float = 30.0  # the longest a long-poll for the next round is held
     deadline_check_s: float = 0.5  # how often overdue rounds are looked for
+    events_dir: str = ""  # each job's event log (JSON lines) goes here; "" = beside the database
+
+    @property
+    def events_folder(self) -> Path:
+        database = Path(self.database)
+        return Path(self.events_dir) if self.events_dir else database.parent / f"{database.stem}-events"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -27,4 +34,5 @@ class Settings:
             database=os.environ.get("FEDBPT_DB", cls.database),
             max_body_bytes=int(os.environ.get("FEDBPT_MAX_BODY_BYTES", cls.max_body_bytes)),
             max_wait_s=float(os.environ.get("FEDBPT_MAX_WAIT_S", cls.max_wait_s)),
+            events_dir=os.environ.get("FEDBPT_EVENTS_DIR", cls.events_dir),
         )

@@ -35,6 +35,11 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
 
     @property
+    def log(self) -> Path:
+        """The server's stderr: uvicorn's lines and the coordinator's structured ones."""
+        return self.database.with_suffix(".log")
+
+    @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
@@ -45,12 +50,12 @@ class ServerProcess:
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log.open("a"),  # a file, not a pipe: a full pipe would block the server
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()}")
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
             try:
                 if httpx.get(f"{self.url}/readyz", verify=verify, timeout=1).status_code == 200:
                     return self

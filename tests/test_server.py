@@ -669,6 +669,29 @@ def test_concurrent_reports_close_the_round_once(client):
     assert job_view(client, job_id)["round"] == 2
 
 
+def test_a_job_logs_structured_lines_and_writes_its_event_log(server, client):
+    job_id, tokens = new_job(client)
+    play_job(client, job_id, tokens)
+    events = [json.loads(line) for line in (server.database.parent / "fedbpt-events" / f"{job_id}.events.jsonl").open()]
+    kinds = [event["event"] for event in events]
+    rounds_played = SPEC.federation.rounds + 1  # the search rounds and the final scoring round
+    assert kinds == ["job_created", "party_added", "party_added"] + ["round", "round_opened"] * (rounds_played - 1) + [
+        "round",
+        "job_ended",
+    ]
+    first = events[3]
+    assert (first["round"], first["kind"], first["parties"], first["reason"]) == (1, "search", 2, "parties_per_round")
+    assert first["loss"] > 0 and first["bytes_sent"] > 0 and first["bytes_received"] > 0 and first["seconds"] >= 0
+    assert events[0]["spec"] == job_view(client, job_id)["spec"] and events[0]["packages"]["fedbpt"]
+    lines = [line for line in server.log.read_text().splitlines() if f"job={job_id}" in line]
+    assert any("event=job_created" in line and "task=sst2" in line for line in lines)
+    assert any(
+        line.endswith("event=job_ended job=" + job_id + " status=finished best_round=" + str(events[-1]["best_round"]))
+        for line in lines
+    )
+    assert sum("event=round " in line for line in lines) == rounds_played
+
+
 def test_evaluations_are_stored_once_per_prompt_round_and_pooled_in_the_history(client):
     job_id, tokens = new_job(client)
     path = f"/v1/jobs/{job_id}/rounds/{{}}/evaluations"
