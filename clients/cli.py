@@ -38,23 +38,6 @@ def _ask(server: str, token: str, ca_bundle: str | None, retry_for: float, call:
     return call(Api(server, token, ca_bundle, retry_for))
 
 
-def with_task_content(spec: JobSpec) -> JobSpec:
-    """The spec with a task file's path replaced by the file's content, which the server stores and serves to
-    the parties (each keeps the data files the task names, under its --data-dir)."""
-    import json
-    import tomllib
-
-    from fedbpt.spec import replace
-    from fedbpt.tasks import BUILTIN_TASKS, load_task_file
-
-    if not isinstance(spec.task, str) or spec.task in BUILTIN_TASKS:
-        return spec
-    path = Path(spec.task)
-    load_task_file(path)  # a missing or malformed file fails here, with its own message
-    text = path.read_text()
-    return replace(spec, task=tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
-
-
 @job_app.command("create")
 @spec_options
 def job_create(
@@ -72,21 +55,14 @@ def job_create(
     party checks before any work. A task file's content is sent; its data files stay with the parties."""
     import json
 
-    from fedbpt.job import pin
-    from fedbpt.models import load_backend, locate
-    from fedbpt.spec import to_dict
+    from clients.admin import create_job
+    from fedbpt.job import preflight
+    from fedbpt.models import load_backend
 
-    spec = with_task_content(spec)
-    locate(spec.model.name)
+    preflight(spec, read_data=False)  # the model and the task file; the data files stay with the parties
     _ask(server, admin_token, ca_bundle, retry_for, lambda api: api.jobs())  # reachable, and the token is right
-    spec = pin(spec, load_backend(spec.model.name, engine=engine))
-    parties = [f"party-{i}" for i in range(spec.federation.parties)]
-
-    def create(api) -> tuple[dict, dict]:
-        job = api.create_job(to_dict(spec))
-        return job, {name: api.add_party(job["id"], name)["token"] for name in parties}
-
-    job, tokens = _ask(server, admin_token, ca_bundle, retry_for, create)
+    backend = load_backend(spec.model.name, engine=engine)
+    job, tokens = _ask(server, admin_token, ca_bundle, retry_for, lambda api: create_job(api, spec, backend))
     federation = spec.federation
     start = f"a start round choosing among {len(spec.prompt.starts)} starts, " if len(spec.prompt.starts) > 1 else ""
     typer.echo(
@@ -103,40 +79,6 @@ def job_create(
             typer.echo(f"{name}: {token}")
 
 
-def produced_prompt(record: dict) -> int | None:
-    """The prompt round a closed round made the global prompt: the start round's is 0, a search round's is its
-    own, unless it backtracked to the best; the final round makes none."""
-    if record["kind"] == "start":
-        return 0
-    if record["kind"] == "search" and not record["backtracked"]:
-        return record["round"]
-    return None
-
-
-def accuracy_note(accuracy: dict[int, dict], prompt_round: int | None) -> str:
-    if prompt_round not in accuracy:
-        return ""
-    entry = accuracy[prompt_round]
-    return f"  accuracy {entry['accuracy']:.4f} ({entry['n_examples']} held-out rows)"
-
-
-def round_line(record: dict, accuracy: dict[int, dict]) -> str:
-    """One closed round of ``fedbpt job history``; the accuracy is that of the prompt the round made."""
-    head = f"  round {record['round']:3d}  {record['kind']:6s}  "
-    if record["kind"] == "start":
-        losses = ", ".join(f"{start} {loss:.4f}" for start, loss in record["start_losses"].items())
-        body = f"chose {record['start']!r} by pooled loss ({losses})"
-    else:
-        body = f"pooled loss {record['loss']:.4f} of round {record['scored_round']}'s prompt"
-        if record["kind"] == "search":
-            move = "backtracked to the best, step" if record["backtracked"] else "step"
-            body += f"  {move} {record['sigma']:.3f}"
-        body += f"  best: round {record['best_round']}"
-    deadline = ", at the deadline" if record["reason"] == "deadline" else ""
-    parties = f"  [{len(record['parties'])} parties, {record['seconds']:.0f} s{deadline}]"
-    return head + body + accuracy_note(accuracy, produced_prompt(record)) + parties
-
-
 @job_app.command("history")
 def job_history(
     job: str = JOB,
@@ -146,19 +88,12 @@ def job_history(
     retry_for: float = RETRY_FOR,
 ):
     """Print every closed round with its kind: the start's losses and choice, each search round's pooled training
-    loss, step, backtracking and best round, and the parties' held-out accuracy of the prompt each round made."""
-    from clients.party import ending
+    loss (lower is better), step, backtracking and best round, and the parties' held-out accuracy of the prompt
+    each round made."""
+    from clients.history import history_lines
 
     history = _ask(server, token, ca_bundle, retry_for, lambda api: api.history(job))
-    accuracy = {entry["round"]: entry for entry in history["accuracy"]}
-    best = history["best"]
-    returns = f"; returns the prompt after round {best['round']} (pooled loss {best['loss']:.4f})" if best else ""
-    typer.echo(f"job {job}: {ending(history)}{returns}")
-    records = history["rounds"]
-    if history["start"] and not any(record["kind"] == "start" for record in records):
-        typer.echo(f"  round   0  start   {history['start']!r}, the only candidate{accuracy_note(accuracy, 0)}")
-    for record in records:
-        typer.echo(round_line(record, accuracy))
+    typer.echo("\n".join(history_lines(job, history)))
 
 
 @job_app.command("prompt")
@@ -248,6 +183,50 @@ def client(
     except KeyboardInterrupt:
         raise fail("interrupted; rerun the same command to rejoin", 130) from None
     typer.echo(f"job {job} {ending(info)}")
+
+
+@app.command()
+@spec_options
+def local(
+    spec: JobSpec,
+    out: Path = typer.Option(
+        Path("runs/local"),
+        help="folder for the server's database and log, the event log, the parties' logs and the returned prompt",
+    ),
+    dtype: str = DTYPE,
+    threads: int = typer.Option(1, min=1, help="torch threads per party process"),
+    data_dir: Path = typer.Option(None, help="folder of a task file's data files (default: the task file's)"),
+):
+    """Run a whole federation here: a server on 127.0.0.1, the job, and one client process per party (party i
+    holds shard i), with their progress streamed; then the learning curve and the returned prompt. Ctrl-C stops
+    everything."""
+    from clients.local import run_local
+
+    raise typer.Exit(run_local(spec, out, dtype, threads, data_dir))
+
+
+@app.command()
+def serve(
+    prompt: Path = typer.Argument(
+        ..., help="a prompt file from 'fedbpt job prompt', 'fedbpt simulate' or 'fedbpt compare'"
+    ),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8100, help="port to listen on"),
+    token: str = typer.Option(..., envvar="FEDBPT_PREDICT_TOKEN", help="the bearer token every request must send"),
+    model: str = typer.Option(None, help="model to load (default: the prompt's model)"),
+    dtype: str = DTYPE,
+    threads: int = THREADS,
+):
+    """Serve a learned prompt over HTTP: POST /v1/predict classifies texts as 'fedbpt predict' does."""
+    import uvicorn
+
+    from fedbpt.job import LearnedPrompt
+    from server.predict import PredictSettings, create_predict_app
+
+    LearnedPrompt.load(prompt)  # a missing or malformed file is one line, before the model loads
+    settings = PredictSettings(prompt, token, model, dtype, threads)
+    typer.echo(f"serving {prompt} on http://{host}:{port}/v1/predict once its model has loaded")
+    uvicorn.run(create_predict_app(settings), host=host, port=port)
 
 
 if __name__ == "__main__":

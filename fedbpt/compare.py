@@ -236,7 +236,8 @@ def table(runs: list[dict], config: CompareConfig, model: str) -> str:
     """Markdown: accuracy mean ± std over seeds per method and partition, and the cost of each method."""
     spec = config.spec
     lines = [
-        f"{spec.task_name}, {model}, {spec.federation.parties} parties ({spec.federation.per_round} per round), "
+        f"{spec.task_name}, {spec.model.name} ({model}), {spec.federation.parties} parties "
+        f"({spec.federation.per_round} per round), "
         f"{spec.federation.rounds} rounds, {spec.data.examples_per_party} training examples per party, "
         f"{spec.data.eval_examples or 'all'} held-out examples; Dirichlet alpha {spec.data.alpha}; "
         f"{'calibrated' if spec.prompt.calibrate else 'raw'} scoring. Accuracy in % (mean ± std over the seeds "

@@ -262,6 +262,7 @@ def summary(results: dict) -> str:
         f"{len(results['rounds'])} rounds in "
         f"{results.get('seconds', 0):.0f} s",
         f"  zero-shot            {results['zero_shot']:.4f} (calibrated {results['zero_shot_calibrated']:.4f})",
+        "  (loss: the parties' pooled training loss of a prompt, lower is better; accuracy on the held-out rows)",
     ]
     for record in results["rounds"]:
         accuracy = f"accuracy {record['accuracy']:.4f}" if "accuracy" in record else " " * 15

@@ -7,6 +7,7 @@ only in test_real_model.py.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,3 +51,12 @@ def tiny_backend(dtype: torch.dtype = torch.float32, seed: int = 0, **options) -
 @pytest.fixture(scope="session")
 def backend() -> TransformersBackend:
     return tiny_backend()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, backend) -> Path:
+    """The tiny model saved as a Hugging Face folder, for commands that take --model."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    backend.model.save_pretrained(folder)
+    backend.tokenizer.save_pretrained(folder)
+    return folder

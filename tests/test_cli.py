@@ -222,10 +222,8 @@ def test_version_and_python_dash_m():
     assert run_fedbpt("--version").stdout == version.stdout
 
 
-def test_a_simulation_result_round_trips_into_evaluate_and_predict(tmp_path, backend):
-    model = tmp_path / "tiny-model"
-    backend.model.save_pretrained(model)
-    backend.tokenizer.save_pretrained(model)
+def test_a_simulation_result_round_trips_into_evaluate_and_predict(tmp_path, tiny_model_dir):
+    model = tiny_model_dir
     out = tmp_path / "runs" / "tiny.json"
     small = ["--parties", "2", "--rounds", "1", "--examples-per-party", "4", "--population", "2", "--iterations", "1"]
     common = ["--model", str(model), "--dtype", "float32"]
