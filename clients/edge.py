@@ -10,11 +10,11 @@ trades memory for speed), and llama.cpp's key/value cache holds 512 tokens (``--
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
+
+import typer
 
 # cma imports matplotlib.pyplot whenever it is installed (about 45 MB resident); an edge client never plots,
 # so it runs as on the slim ``edge`` install, where matplotlib is absent.
@@ -22,44 +22,11 @@ sys.modules.setdefault("matplotlib", None)
 warnings.filterwarnings("ignore", message="Could not import matplotlib.pyplot")
 
 from clients.party import PARTY_ERRORS, DataChoice, ending, join_and_run, log  # noqa: E402
-from fedbpt.backends.llama import LlamaError  # noqa: E402
+from fedbpt.errors import UserError  # noqa: E402
 from fedbpt.models import QUANTS, load_llama_backend, prepare  # noqa: E402
 from fedbpt.spec import JobSpec  # noqa: E402
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="fedbpt-edge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", default=os.environ.get("FEDBPT_SERVER"), help="server URL (or FEDBPT_SERVER)")
-    parser.add_argument("--token", default=os.environ.get("FEDBPT_TOKEN"), help="this party's token (or FEDBPT_TOKEN)")
-    parser.add_argument("--enroll", help="a one-time enrollment secret to redeem instead of a token")
-    parser.add_argument("--model", help="packaged name, name:quant or .gguf file (default: the job's model)")
-    parser.add_argument("--quant", choices=QUANTS, help="re-quantize the packaged model once and use that copy")
-    parser.add_argument(
-        "--shard",
-        type=int,
-        help="be party i of the job's seeded split of its task, as in fedbpt simulate (default: the whole train file)",
-    )
-    parser.add_argument(
-        "--eval-examples",
-        type=int,
-        help="held-out rows this party scores its share of (default: the job's data.eval_examples; 0 = all)",
-    )
-    parser.add_argument("--data-dir", type=Path, default=Path("."), help="folder of a task file's data files")
-    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0 = the CPUs this process may use)")
-    parser.add_argument(
-        "--context", type=int, default=512, help="llama.cpp key/value cache in tokens (SmolLM2: 23 KB each)"
-    )
-    parser.add_argument(
-        "--projection-cache-mb",
-        type=int,
-        default=0,
-        help="keep the projection in memory if it fits (SmolLM2's: 58 MB), instead of regenerating it each step",
-    )
-    parser.add_argument("--ca-bundle", help="CA certificate bundle (PEM) to verify the server's TLS certificate")
-    args = parser.parse_args(argv)
-    if not args.server:
-        parser.error("pass --server (or set FEDBPT_SERVER)")
-    return args
+app = typer.Typer(add_completion=False)
 
 
 def edge_backend(spec: JobSpec, model: str | None, quant: str | None, threads: int, context: int):
@@ -73,28 +40,62 @@ def edge_backend(spec: JobSpec, model: str | None, quant: str | None, threads: i
     return load_llama_backend(name, threads=threads or None, n_ctx=context)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    choice = DataChoice(args.shard, args.eval_examples, args.data_dir)
+@app.command()
+def edge(
+    server: str = typer.Option(None, envvar="FEDBPT_SERVER", help="server URL, e.g. https://host:8000"),
+    token: str = typer.Option(None, envvar="FEDBPT_TOKEN", help="this party's token"),
+    enroll: str = typer.Option(None, help="a one-time enrollment secret to redeem instead of a token"),
+    model: str = typer.Option(
+        None, help="model to load: a packaged name, name:quant or a .gguf file (default: the job's model)"
+    ),
+    quant: str = typer.Option(None, help=f"re-quantize the packaged model once and use that copy: {', '.join(QUANTS)}"),
+    shard: int = typer.Option(
+        None,
+        help="be party i of the job's seeded split of its task, as in fedbpt simulate (default: the whole "
+        "training file)",
+    ),
+    eval_examples: int = typer.Option(
+        None, help="held-out rows this party scores its share of (default: the job's data.eval_examples; 0 = all)"
+    ),
+    data_dir: Path = typer.Option(Path("."), help="folder holding the data files a task file names"),
+    threads: int = typer.Option(0, help="llama.cpp threads (0 = the CPUs this process may use)"),
+    context: int = typer.Option(512, help="llama.cpp key/value cache in tokens (SmolLM2: 23 KB each)"),
+    projection_cache_mb: int = typer.Option(
+        0, help="keep the projection in memory if it fits (SmolLM2's: 58 MB), instead of regenerating it each step"
+    ),
+    ca_bundle: str = typer.Option(None, help="CA certificate bundle (PEM) to verify the server's TLS certificate"),
+):
+    """Join a server job as one party on a GGUF model through llama.cpp (no torch), until the job ends."""
+    if not server:  # not a required option: click would answer with a usage box, not one line
+        raise UserError("pass --server (or set FEDBPT_SERVER)")
+    if quant is not None and quant not in QUANTS:
+        raise UserError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
     try:
         job, info = join_and_run(
-            args.server,
-            args.token,
-            args.enroll,
-            args.ca_bundle,
-            lambda spec: edge_backend(spec, args.model, args.quant, args.threads, args.context),
-            choice,
-            args.projection_cache_mb * 2**20,
+            server,
+            token,
+            enroll,
+            ca_bundle,
+            lambda spec: edge_backend(spec, model, quant, threads, context),
+            DataChoice(shard, eval_examples, data_dir),
+            projection_cache_mb * 2**20,
         )
-    except (*PARTY_ERRORS, LlamaError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; rerun the same command to rejoin", file=sys.stderr)
-        return 130
-    print(f"job {job} {ending(info)}")
-    return 0
+    except KeyboardInterrupt:  # here: click would turn it into "Aborted!"
+        typer.echo("error: interrupted; rerun the same command to rejoin", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"job {job} {ending(info)}")
+
+
+def main() -> None:
+    """The ``fedbpt-edge`` console script and ``python -m clients.edge``: an ordinary mistake is one line,
+    ``error: ...``, and exit code 2. (``fedbpt.cli.Commands`` does this for a command group, not for a
+    one-command app like this one; ``PARTY_ERRORS`` adds the party loop's plain ValueErrors: --token, --shard.)"""
+    try:
+        app(prog_name="fedbpt-edge")
+    except (UserError, *PARTY_ERRORS) as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

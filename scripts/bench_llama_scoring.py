@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
+from _common import best_times, held_out
 
 from fedbpt.job import prompted_model
 from fedbpt.models import load_backend
@@ -30,21 +30,14 @@ def main() -> None:
     args = parser.parse_args()
     backend = load_backend(args.model, threads=args.threads, engine="llama.cpp")
     model = prompted_model(JobSpec(model=ModelSpec(args.model)), backend)
-    rows = model.task.load_eval()[: args.examples]
-    encoded = model.encode(rows)
+    rows, encoded, _ = held_out(model, args.examples)
     z = np.random.default_rng(0).normal(size=(5, model.projection.dim)) * JobSpec().search.step
     prompts = model.p0[None] + model.projection(z)
     scorers = {
         "ours": lambda: backend.label_logits(prompts, encoded, model.label_ids),
         "one at a time": lambda: backend.label_logits(prompts, encoded, model.label_ids, shared=False),
     }
-    results = {name: scorer() for name, scorer in scorers.items()}  # warm-up, and the outputs compared
-    best = dict.fromkeys(scorers, float("inf"))
-    for _ in range(args.repeats):
-        for name, scorer in scorers.items():
-            start = time.perf_counter()
-            scorer()
-            best[name] = min(best[name], time.perf_counter() - start)
+    results, best = best_times(scorers, args.repeats)  # the outputs are compared below
     sequences = len(z) * len(rows)
     print(f"{'scorer':16s} {'seconds':>8s} {'seq/s':>7s}")
     for name, seconds in best.items():

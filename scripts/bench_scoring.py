@@ -14,28 +14,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
 import torch
+from _common import best_times, held_out
 
 from fedbpt.models import load_backend
 from fedbpt.objective import PromptedModel
 from fedbpt.projection import Projection, projection_scale
 from fedbpt.tasks import builtin_task
-
-
-def best_times(runs: dict, repeats: int) -> dict[str, float]:
-    """Best time of each run; the runs take turns in every repeat, so all see the same machine load."""
-    for run in runs.values():
-        run()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - started)
-    return {name: min(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -48,12 +35,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     task = builtin_task("sst2")
-    rows = task.load_eval()[: args.examples]
     backends = {dtype: load_backend("smollm2-135m", dtype=dtype) for dtype in ("bfloat16", "float32")}
     backend = backends["bfloat16"]
-    projection = Projection(1, 500, 50, backend.hidden_size, projection_scale(backend.embedding_std(), 500, 1.0))
+    projection = Projection(1, 500, 50, backend.hidden_size, projection_scale(backend.embedding_std(), 500))
     model = PromptedModel.build(backend, task, projection)
-    examples = model.encode(rows)
+    _, examples, _ = held_out(model, args.examples)
     z = np.random.default_rng(0).normal(size=(args.population, 500))
     prompts = model.p0[None] + projection(z)
     labels = model.label_ids
@@ -65,27 +51,25 @@ def main() -> None:
         "ours (after)": lambda: backend.label_logits(prompts, examples, labels, "after"),
         "limit (no prompt)": lambda: backend.label_logits(None, examples * args.population, labels),
     }
-    seconds = best_times(runs, args.repeats)
+    _, seconds = best_times(runs, args.repeats)
     print(f"{'scorer':20s} {'seconds':>8s} {'seq/s':>8s}")
     for name, value in seconds.items():
         print(f"{name:20s} {value:8.3f} {sequences / value:8.1f}")
 
-    held_out = task.load_eval()[:200]
-    held_out_labels = np.array([row.label for row in held_out])
     for placement in ("before", "after"):
         placed = PromptedModel.build(backend, task, projection, placement)
-        accuracy = placed.accuracy(np.zeros(500), placed.encode(held_out), held_out_labels)
+        _, held_out_examples, held_out_labels = held_out(placed, 200)
+        accuracy = placed.accuracy(np.zeros(500), held_out_examples, held_out_labels)
         speed = sequences / seconds[f"ours ({placement})"]
         print(f"placement {placement:6s}: initial-prompt accuracy {accuracy:.3f}, {speed:.1f} seq/s")
 
     reference = PromptedModel.build(backends["float32"], task, projection)
-    logits32 = reference.logits(z, examples)
-    logits16 = model.logits(z, examples)
+    outputs, fp32_seconds = best_times({"fp32": lambda: reference.logits(z, examples)}, 1)
+    logits32, logits16 = outputs["fp32"], model.logits(z, examples)
     agreement = (logits32.argmax(-1) == logits16.argmax(-1)).mean()
-    fp32_seconds = best_times({"fp32": lambda: reference.logits(z, examples)}, 1)["fp32"]
     print(
         f"bf16 vs fp32: prediction agreement {agreement:.4f}, max |logit diff| "
-        f"{np.abs(logits32 - logits16).max():.3f}, fp32 {fp32_seconds / seconds['ours (before)']:.2f}x slower"
+        f"{np.abs(logits32 - logits16).max():.3f}, fp32 {fp32_seconds['fp32'] / seconds['ours (before)']:.2f}x slower"
     )
     print(f"threads {torch.get_num_threads()}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ours = seconds["ours (before)"]

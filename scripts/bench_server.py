@@ -50,6 +50,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _common import wait_until_ready
 
 from fedbpt.protocol import encode_vector
 from fedbpt.spec import from_dict, to_dict
@@ -137,18 +138,13 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
         "FEDBPT_MAX_WAIT_S": str(MAX_WAIT_S),
     }
     command = [sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1", "--port", str(port)]
-    with (folder / "server.log").open("wb") as log:
-        process = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {(folder / 'server.log').read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not become ready in 30 s")
+    log = folder / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*command, "--log-level", "warning"], cwd=ROOT, env=env, stdout=output, stderr=output
+        )
+    wait_until_ready(f"http://127.0.0.1:{port}", process, log)
+    return process
 
 
 def stop_server(process: subprocess.Popen) -> None:

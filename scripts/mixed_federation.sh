@@ -23,12 +23,7 @@ FEDBPT_DB=$runs/server.db .venv/bin/uvicorn server.app:app --host 127.0.0.1 --po
     --log-level warning >"$runs/server.log" 2>&1 &
 pids=($!)
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-$py -c 'import sys, time, httpx
-for _ in range(300):
-    try:
-        if httpx.get(sys.argv[1] + "/readyz", timeout=1).status_code == 200: sys.exit(0)
-    except httpx.HTTPError: time.sleep(0.1)
-sys.exit("server did not start")' "$FEDBPT_SERVER"
+$py scripts/_common.py wait-ready "$FEDBPT_SERVER"
 
 run_job() {  # run_job <name> <kind of party 0..3>...
     local name=$1 dir=$runs/$1

@@ -21,6 +21,7 @@ import os
 import time
 
 import numpy as np
+from _common import held_out
 
 from clients.party import DataChoice, party_examples
 from fedbpt.job import pin, prompted_model
@@ -60,9 +61,7 @@ def main() -> None:
     step = spec.search.step
     z = step * np.random.default_rng(0).normal(size=spec.prompt.dim)
     model = prompted_model(spec, reference)
-    rows = model.task.load_eval()[: args.examples]
-    labels = np.array([row.label for row in rows])
-    encoded = model.encode(rows)
+    rows, encoded, labels = held_out(model, args.examples)
     start = time.perf_counter()
     expected = model.logits(z, encoded)[0]
     seconds = time.perf_counter() - start

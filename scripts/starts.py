@@ -16,6 +16,7 @@ import dataclasses
 import os
 
 import numpy as np
+from _common import held_out
 
 from fedbpt.data import federated_split
 from fedbpt.job import prompted_model
@@ -35,16 +36,15 @@ def main() -> None:
     backend = load_backend(args.model, threads=args.threads)
     spec = JobSpec(task=args.task, model=ModelSpec(args.model))
     model = prompted_model(spec, backend)
-    rows = model.task.load_eval()[: args.examples]
-    held_out, labels = model.encode(rows), np.array([row.label for row in rows])
+    rows, examples, labels = held_out(model, args.examples)
     zero = np.zeros((1, spec.prompt.dim))
     print(f"{len(rows)} held-out rows of {args.task}, true class counts {np.bincount(labels).tolist()}")
     print(f"{'prompt':22s} {'raw':>6s} {'calibrated':>10s}  predicted class counts (calibrated)")
     for start in (None, *STARTS):
         scorer = model if start is None else model.with_start(start)
         z = None if start is None else zero
-        raw = dataclasses.replace(scorer, calibrate=False).accuracy(z, held_out, labels)
-        predicted = scorer.predict(z, held_out)
+        raw = dataclasses.replace(scorer, calibrate=False).accuracy(z, examples, labels)
+        predicted = scorer.predict(z, examples)
         counts = np.bincount(predicted, minlength=model.task.n_labels).tolist()
         print(f"{start or 'zero-shot':22s} {raw:6.3f} {np.mean(predicted == labels):10.3f}  {counts}", flush=True)
     print("calibrated training loss of each start on the pooled examples of 10 Dirichlet(1.0) parties x 16:")

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from _common import held_out
 
 from fedbpt.job import LearnedPrompt, prompted_model
 from fedbpt.models import load_backend
@@ -35,9 +36,7 @@ def main() -> None:
         prompt = LearnedPrompt.load(path)
         backend = backend or load_backend(prompt.spec.model.name, threads=args.threads)
         model = prompted_model(prompt.spec, backend).with_start(prompt.start)
-        rows = model.task.load_eval()
-        rows = rows[: args.eval_examples] if args.eval_examples else rows
-        examples, labels = model.encode(rows), np.array([row.label for row in rows])
+        _, examples, labels = held_out(model, args.eval_examples)
         z32 = np.asarray(prompt.z, dtype=np.float32).astype(np.float64)
         scores = model.scores(np.stack([z32, on_wire(z32, "float16")]), examples)
         predictions = scores.argmax(axis=-1)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 
 import pytest
+import trustme
 from serving import ADMIN_TOKEN, ROOT, ServerProcess
 from tiny_gguf import write_tiny_gguf
 
@@ -93,3 +95,61 @@ def test_the_edge_client_does_not_load_matplotlib_through_cma():
     result = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "None"
+
+
+def edge_errors(*options: str) -> tuple[int, str]:
+    """Run the edge client as a user would, without the server and token variables; (exit code, stderr)."""
+    env = {name: value for name, value in os.environ.items() if name not in ("FEDBPT_SERVER", "FEDBPT_TOKEN")}
+    command = [sys.executable, "-m", "clients.edge", *options]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize(
+    "options, first_line",
+    [
+        ((), "error: pass --server (or set FEDBPT_SERVER)"),
+        (("--server", "http://127.0.0.1:9"), "error: pass --token (or FEDBPT_TOKEN) or --enroll"),
+        (
+            ("--server", "http://127.0.0.1:9", "--quant", "q5"),
+            "error: --quant must be one of f16, q8_0, q4_0, got 'q5'",
+        ),
+    ],
+)
+def test_a_mistake_in_the_edge_options_is_one_line_and_exit_code_2(options, first_line):
+    code, stderr = edge_errors(*options)
+    assert code == 2 and "Traceback" not in stderr
+    assert stderr.splitlines() == [first_line]
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """A real server behind TLS, and the CA file that verifies its certificate."""
+    folder = tmp_path_factory.mktemp("tls")
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    key, chain, ca = folder / "key.pem", folder / "cert.pem", folder / "ca.pem"
+    certificate.private_key_pem.write_to_path(key)
+    certificate.cert_chain_pems[0].write_to_path(chain)
+    authority.cert_pem.write_to_path(ca)
+    server = ServerProcess(folder / "server.db", uvicorn_args=(f"--ssl-keyfile={key}", f"--ssl-certfile={chain}"))
+    server.start(verify=ssl.create_default_context(cafile=str(ca)))
+    yield server, ca
+    server.stop()
+
+
+def test_a_refused_token_is_one_line_and_exit_code_2(tls_server):
+    server, ca = tls_server
+    code, stderr = edge_errors("--server", server.url, "--token", "wrong", "--ca-bundle", str(ca))
+    assert code == 2 and "Traceback" not in stderr
+    assert stderr.splitlines() == ["error: unknown token; ask the administrator for a party token (HTTP 401 bad_token)"]
+
+
+def test_a_server_the_client_cannot_verify_is_one_line_and_exit_code_2(tls_server):
+    """Unverifiable is unreachable without retries (a server that is not listening is retried for 10 minutes)."""
+    server, _ = tls_server
+    code, stderr = edge_errors("--server", server.url, "--token", "wrong")
+    assert code == 2 and "Traceback" not in stderr
+    [line] = stderr.splitlines()
+    assert line.startswith("error: cannot verify the server's TLS certificate (")
+    assert line.endswith("); pass its CA with --ca-bundle")
