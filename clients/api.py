@@ -120,6 +120,6 @@ class Api:
         return self.request("GET", f"/v1/jobs/{job}/prompt", params={"which": which})
 
 
-def enroll(url: str, secret: str, ca_bundle: str | None = None) -> dict:
+def enroll(url: str, secret: str, ca_bundle: str | None = None, retry_for_s: float = RETRY_FOR_S) -> dict:
     """Redeem a one-time enrollment secret for a party token."""
-    return Api(url, "", ca_bundle).request("POST", "/v1/enroll", json={"secret": secret})
+    return Api(url, "", ca_bundle, retry_for_s).request("POST", "/v1/enroll", json={"secret": secret})

@@ -164,9 +164,10 @@ def client(
     data_dir: Path = typer.Option(Path("."), help="folder holding the data files a task file names"),
     threads: int = THREADS,
     ca_bundle: str = CA_BUNDLE,
+    retry_for: float = RETRY_FOR,
 ):
     """Join a server job as one party and take part in every round until the job ends."""
-    from clients.party import PARTY_ERRORS, DataChoice, ending, join_and_run
+    from clients.party import DataChoice, ending, join_and_run
     from fedbpt.models import load_backend
 
     try:
@@ -177,9 +178,8 @@ def client(
             ca_bundle,
             lambda spec: load_backend(model or spec.model.name, dtype, threads or None, engine),
             DataChoice(shard, eval_examples, data_dir),
+            retry_for=retry_for,
         )
-    except PARTY_ERRORS as error:
-        raise fail(str(error)) from None
     except KeyboardInterrupt:
         raise fail("interrupted; rerun the same command to rejoin", 130) from None
     typer.echo(f"job {job} {ending(info)}")

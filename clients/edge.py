@@ -21,7 +21,8 @@ import typer
 sys.modules.setdefault("matplotlib", None)
 warnings.filterwarnings("ignore", message="Could not import matplotlib.pyplot")
 
-from clients.party import PARTY_ERRORS, DataChoice, ending, join_and_run, log  # noqa: E402
+from clients.party import DataChoice, ending, join_and_run, log  # noqa: E402
+from fedbpt.cli import Command  # noqa: E402
 from fedbpt.errors import UserError  # noqa: E402
 from fedbpt.models import QUANTS, load_llama_backend, prepare  # noqa: E402
 from fedbpt.spec import JobSpec  # noqa: E402
@@ -40,7 +41,7 @@ def edge_backend(spec: JobSpec, model: str | None, quant: str | None, threads: i
     return load_llama_backend(name, threads=threads or None, n_ctx=context)
 
 
-@app.command()
+@app.command(cls=Command)
 def edge(
     server: str = typer.Option(None, envvar="FEDBPT_SERVER", help="server URL, e.g. https://host:8000"),
     token: str = typer.Option(None, envvar="FEDBPT_TOKEN", help="this party's token"),
@@ -64,6 +65,9 @@ def edge(
         0, help="keep the projection in memory if it fits (SmolLM2's: 58 MB), instead of regenerating it each step"
     ),
     ca_bundle: str = typer.Option(None, help="CA certificate bundle (PEM) to verify the server's TLS certificate"),
+    retry_for: float = typer.Option(
+        600.0, min=0, help="seconds to keep retrying an unreachable server before giving up"
+    ),
 ):
     """Join a server job as one party on a GGUF model through llama.cpp (no torch), until the job ends."""
     if not server:  # not a required option: click would answer with a usage box, not one line
@@ -79,6 +83,7 @@ def edge(
             lambda spec: edge_backend(spec, model, quant, threads, context),
             DataChoice(shard, eval_examples, data_dir),
             projection_cache_mb * 2**20,
+            retry_for,
         )
     except KeyboardInterrupt:  # here: click would turn it into "Aborted!"
         typer.echo("error: interrupted; rerun the same command to rejoin", err=True)
@@ -87,14 +92,8 @@ def edge(
 
 
 def main() -> None:
-    """The ``fedbpt-edge`` console script and ``python -m clients.edge``: an ordinary mistake is one line,
-    ``error: ...``, and exit code 2. (``fedbpt.cli.Commands`` does this for a command group, not for a
-    one-command app like this one; ``PARTY_ERRORS`` adds the party loop's plain ValueErrors: --token, --shard.)"""
-    try:
-        app(prog_name="fedbpt-edge")
-    except (UserError, *PARTY_ERRORS) as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
+    """The ``fedbpt-edge`` console script and ``python -m clients.edge``."""
+    app(prog_name="fedbpt-edge")
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.api import Api, ServerRefused, ServerUnavailable, enroll
+from clients.api import RETRY_FOR_S, Api, ServerRefused, enroll
 from fedbpt import rounds
 from fedbpt.aggregate import Scores, Update
 from fedbpt.backends import Backend, EncodedExample
 from fedbpt.data import Example, federated_split
-from fedbpt.job import JobMismatch, prompted_model, spec_task
-from fedbpt.models import ModelNotFound
+from fedbpt.errors import UserError
+from fedbpt.job import prompted_model, spec_task
 from fedbpt.objective import PromptedModel
 from fedbpt.projection import CACHE_LIMIT_BYTES
 from fedbpt.rounds import GlobalState
@@ -29,10 +29,9 @@ from fedbpt.search import respond
 from fedbpt.spec import JobSpec, from_dict
 
 LONG_POLL_S = 25.0
+
+
 # What a party reports as a one-line error instead of a traceback.
-PARTY_ERRORS = (ServerRefused, ServerUnavailable, JobMismatch, ModelNotFound, ValueError)
-
-
 @dataclass(frozen=True)
 class DataChoice:
     """Which examples this party holds. With ``shard`` i, it is party i of the job's seeded federated split (the
@@ -66,7 +65,7 @@ def party_examples(spec: JobSpec, choice: DataChoice) -> tuple[list[Example], li
         return task.load_train(), held_out
     parties = spec.federation.parties
     if not 0 <= choice.shard < parties:
-        raise ValueError(f"--shard must be in [0, {parties}) for this job's {parties} parties, got {choice.shard}")
+        raise UserError(f"--shard must be in [0, {parties}) for this job's {parties} parties, got {choice.shard}")
     data = spec.data
     pool, shares = federated_split(
         task.load_train(), parties, data.examples_per_party, data.partition, data.alpha, spec.seed
@@ -174,15 +173,17 @@ def join_and_run(
     load_backend: Callable[[JobSpec], Backend],
     choice: DataChoice,
     projection_cache_bytes: int = CACHE_LIMIT_BYTES,
+    retry_for: float = RETRY_FOR_S,
 ) -> tuple[str, dict]:
     """Join a job (with a token, or by redeeming an enrollment secret), load this party's backend for the
-    job's spec, check it against the job and take part until the end; returns (job id, last round info)."""
+    job's spec, check it against the job and take part until the end; returns (job id, last round info).
+    An unreachable server is retried for ``retry_for`` seconds at every request."""
     if secret:
-        token = enroll(server, secret, ca_bundle)["token"]
+        token = enroll(server, secret, ca_bundle, retry_for)["token"]
         log(f"enrolled; keep this token to rejoin: {token}")
     if not token:
-        raise ValueError("pass --token (or FEDBPT_TOKEN) or --enroll")
-    api = Api(server, token, ca_bundle)
+        raise UserError("pass --token (or FEDBPT_TOKEN) or --enroll")
+    api = Api(server, token, ca_bundle, retry_for)
     me = api.me()
     spec = from_dict(api.spec(me["job"]))
     train, held_out = party_examples(spec, choice)  # before the model loads: a wrong --shard fails at once

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from fedbpt.errors import UserError
 from fedbpt.models import QUANTS
@@ -14,15 +15,27 @@ from fedbpt.options import spec_options
 from fedbpt.spec import JobSpec
 
 
+def _one_line_errors(invoke: Callable[[click.Context], object], ctx: click.Context) -> object:
+    """Run a command; an ordinary mistake (a ``UserError``) anywhere below it is one line and exit code 2."""
+    try:
+        return invoke(ctx)
+    except UserError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
 class Commands(TyperGroup):
-    """The command group: an ordinary mistake (a ``UserError``) anywhere below it is one line and exit code 2."""
+    """A command group whose ordinary mistakes are one line (the ``fedbpt`` command)."""
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except UserError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
+        return _one_line_errors(super().invoke, ctx)
+
+
+class Command(TyperCommand):
+    """A single command whose ordinary mistakes are one line (``fedbpt-edge``)."""
+
+    def invoke(self, ctx: click.Context):
+        return _one_line_errors(super().invoke, ctx)
 
 
 app = typer.Typer(cls=Commands, help="Black-box federated prompt tuning (FedBPT).", no_args_is_help=True)
@@ -108,20 +121,17 @@ def compare(
     from fedbpt.models import load_backend
 
     preflight(spec)
-    try:
-        config = CompareConfig(
-            spec=spec,
-            methods=parse_list(methods, METHODS, "methods"),
-            partitions=parse_list(partitions, PARTITIONS, "partitions"),
-            seeds=seeds,
-            epochs=epochs,
-            learning_rate=adam_learning_rate,
-            demonstrations=demonstrations,
-            eval_every=eval_every,
-        )
-        results = run(config, load_backend(spec.model.name, dtype=dtype, threads=threads or None), out)
-    except ValueError as error:
-        raise fail(str(error)) from None
+    config = CompareConfig(
+        spec=spec,
+        methods=parse_list(methods, METHODS, "methods"),
+        partitions=parse_list(partitions, PARTITIONS, "partitions"),
+        seeds=seeds,
+        epochs=epochs,
+        learning_rate=adam_learning_rate,
+        demonstrations=demonstrations,
+        eval_every=eval_every,
+    )
+    results = run(config, load_backend(spec.model.name, dtype=dtype, threads=threads or None), out)
     typer.echo((out / "table.md").read_text())
     typer.echo(f"results, table, plots and prompts written to {out}")
     if any(run["status"] != "finished" for run in results["runs"]):
@@ -151,12 +161,9 @@ def models_prepare(
     quant: str = typer.Option(..., help=", ".join(QUANTS)),
 ):
     """Re-quantize a packaged model's GGUF file into the model cache (llama.cpp), for edge clients."""
-    from fedbpt.models import ModelNotFound, prepare
+    from fedbpt.models import prepare
 
-    try:
-        path = prepare(name, quant)
-    except (ModelNotFound, ValueError) as error:
-        raise fail(str(error)) from None
+    path = prepare(name, quant)
     typer.echo(f"{name}:{quant} ready at {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 

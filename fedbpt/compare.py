@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from fedbpt import spec as specs
 from fedbpt.backends import Backend
+from fedbpt.errors import OptionError
 from fedbpt.job import LearnedPrompt
 from fedbpt.protocol import decode_vector
 from fedbpt.simulate import write_json
@@ -70,7 +71,7 @@ def parse_list(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ..
     names = allowed if value.strip() == "all" else tuple(name.strip() for name in value.split(",") if name.strip())
     unknown = [name for name in names if name not in allowed]
     if unknown or not names:
-        raise ValueError(f"unknown {what} {unknown or value!r}: use 'all' or a comma-separated list of {allowed}")
+        raise OptionError(f"unknown {what} {unknown or value!r}: use 'all' or a comma-separated list of {allowed}")
     return tuple(name for name in allowed if name in names)
 
 
@@ -90,9 +91,9 @@ class CompareConfig:
         for name, allowed in (("methods", METHODS), ("partitions", PARTITIONS)):
             values = getattr(self, name)
             if not values or set(values) - set(allowed):
-                raise ValueError(f"{name} must be a non-empty subset of {allowed}, got {values}")
+                raise OptionError(f"{name} must be a non-empty subset of {allowed}, got {values}")
         if self.seeds < 1 or self.demonstrations < 0 or self.eval_every < 1:
-            raise ValueError("seeds and eval_every must be at least 1 and demonstrations at least 0")
+            raise OptionError("seeds and eval_every must be at least 1 and demonstrations at least 0")
         self.training()
 
     def run_spec(self, method: str, partition: str, seed: int) -> JobSpec:
@@ -364,7 +365,7 @@ def compare(config: CompareConfig, backend: Backend, out_dir: Path) -> dict:
     if previous is not None:
         changed = differences(previous["shared"], json.loads(json.dumps(config.shared())))
         if changed:
-            raise ValueError(
+            raise OptionError(
                 f"{results_path} holds runs with other settings ({'; '.join(changed)}); use another --out folder "
                 "or the same settings"
             )

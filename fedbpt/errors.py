@@ -7,3 +7,7 @@ says what is wrong and how to fix it, in one line. Anything else that escapes is
 
 class UserError(Exception):
     """An ordinary mistake; its message is shown to the user as it is."""
+
+
+class OptionError(UserError, ValueError):
+    """An option with a value it cannot take (an engine, a dtype, a list of methods)."""

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedbpt.errors import UserError
+from fedbpt.errors import OptionError, UserError
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = ("bfloat16", "float32")
@@ -164,7 +164,7 @@ def prepare(name: str, quant: str, threads: int = 0) -> Path:
     if name not in PACKAGED:
         raise ModelNotFound(f"unknown packaged model {name!r}: use one of {sorted(PACKAGED)}")
     if quant not in QUANTS:
-        raise ValueError(f"quant must be one of {QUANTS}, got {quant!r}")
+        raise OptionError(f"quant must be one of {QUANTS}, got {quant!r}")
     target = prepared_path(name, quant)
     if not target.exists():
         from fedbpt.backends.llama import quantize
@@ -233,9 +233,9 @@ def load_backend(
     if engine == "llama.cpp":
         return load_llama_backend(name_or_path, threads)
     if engine != "transformers":
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        raise OptionError(f"engine must be one of {ENGINES}, got {engine!r}")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        raise OptionError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer

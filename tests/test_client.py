@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from clients.api import Api, ServerUnavailable
 from clients.party import DataChoice, party_examples
+from fedbpt.errors import UserError
 from fedbpt.job import JobMismatch, LearnedPrompt, pin, prompted_model
 from fedbpt.models import load_backend
 from fedbpt.protocol import decode_vector
@@ -130,7 +131,7 @@ def test_a_party_with_another_model_a_changed_projection_or_a_wrong_shard_is_ref
         prompted_model(spec, other)
     with pytest.raises(JobMismatch, match="fingerprint"):
         prompted_model(replace(spec, prompt={"fingerprint": "0" * 16}), load_backend(str(tiny_model_dir), "float32"))
-    with pytest.raises(ValueError, match=r"--shard must be in \[0, 3\) for this job's 3 parties, got 3"):
+    with pytest.raises(UserError, match=r"--shard must be in \[0, 3\) for this job's 3 parties, got 3"):
         party_examples(spec, DataChoice(shard=3))
 
 

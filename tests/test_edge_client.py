@@ -114,6 +114,11 @@ def edge_errors(*options: str) -> tuple[int, str]:
             ("--server", "http://127.0.0.1:9", "--quant", "q5"),
             "error: --quant must be one of f16, q8_0, q4_0, got 'q5'",
         ),
+        (
+            ("--server", "http://127.0.0.1:9", "--token", "t", "--retry-for", "0"),
+            "error: server at http://127.0.0.1:9 unavailable for 0 s: check the URL and that the server runs "
+            "(--retry-for waits longer)",
+        ),
     ],
 )
 def test_a_mistake_in_the_edge_options_is_one_line_and_exit_code_2(options, first_line):
