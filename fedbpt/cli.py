@@ -192,6 +192,44 @@ def _load_prompt(prompt_file: Path, model: str | None, dtype: str, data_dir: Pat
     return prompt, prompted_model(prompt.spec, backend, task=task).with_start(prompt.start)
 
 
+prompt_app = typer.Typer(help="Learned prompt files.", no_args_is_help=True)
+app.add_typer(prompt_app, name="prompt")
+EXPORTS = (".npy", ".safetensors")
+
+
+@prompt_app.command("export")
+def prompt_export(
+    prompt: Path = typer.Argument(..., help="a prompt file (or simulate results file)"),
+    out: Path = typer.Option(..., help=f"the array file to write: {' or '.join(EXPORTS)}"),
+    model: str = MODEL,
+    dtype: str = DTYPE,
+):
+    """Write the soft prompt as an embeddings array (n_tokens x hidden, float32) for use outside fedbpt: the
+    start's token embeddings plus the projection of z. The model is loaded for the start's embeddings."""
+    import json
+
+    from fedbpt.errors import OptionError
+
+    if out.suffix not in EXPORTS:
+        raise OptionError(f"--out must end in {' or '.join(EXPORTS)}, got {out.name}")
+    learned, prompted = _load_prompt(prompt, model, dtype, None, read_data=False)
+    embeddings = prompted.prompts(learned.z)[0].astype("float32")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        import numpy as np
+
+        np.save(out, embeddings)
+    else:
+        from safetensors.numpy import save_file
+
+        spec = learned.spec
+        about = {"model": spec.model.name, "task": spec.task_name}
+        about |= {"placement": spec.prompt.placement, "start": learned.start, "round": learned.round}
+        save_file({"soft_prompt": embeddings}, out, metadata={key: json.dumps(value) for key, value in about.items()})
+    rows, width = embeddings.shape
+    typer.echo(f"soft prompt {rows} x {width} (placed {learned.spec.prompt.placement} the text) written to {out}")
+
+
 @app.command()
 def predict(
     texts: list[str] = typer.Argument(..., help="texts to classify"),

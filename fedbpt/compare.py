@@ -31,6 +31,7 @@ from fedbpt.backends import Backend
 from fedbpt.errors import OptionError
 from fedbpt.job import LearnedPrompt
 from fedbpt.protocol import decode_vector
+from fedbpt.rounds import initial_z
 from fedbpt.simulate import write_json
 from fedbpt.spec import JobSpec
 from fedbpt.tracking import provenance
@@ -176,9 +177,7 @@ def run_one(config: CompareConfig, method: str, partition: str, seed: int, backe
         state, record = start_round(spec, federation)
         model = federation.model.with_start(state.start)
         results["start"] = state.start
-        results["final_accuracy"] = model.accuracy(
-            np.zeros(spec.prompt.dim), federation.eval_set, federation.eval_labels
-        )
+        results["final_accuracy"] = model.accuracy(initial_z(spec), federation.eval_set, federation.eval_labels)
     else:
         accuracies = incontext.in_context_accuracies(federation, config.demonstrations, seed)
         results["party_accuracies"] = accuracies

@@ -19,9 +19,11 @@ from pathlib import Path
 import typer
 from pydantic.fields import FieldInfo
 
-from fedbpt.spec import JobSpec, from_dict, load, to_dict
+from fedbpt.protocol import encode_vector
+from fedbpt.spec import JobSpec, SpecError, from_dict, load, to_dict
 
 PINNED = {("model", "identity"), ("model", "hidden_size"), ("prompt", "scale"), ("prompt", "fingerprint")}
+NOT_FLAGS = PINNED | {("prompt", "initial")}  # --start-from sets it from a prompt file
 FLAG_NAMES = {("", "name"): "job_name", ("model", "name"): "model", ("search", "method"): "search"}
 
 
@@ -54,7 +56,7 @@ def settings() -> list[Setting]:
             section = hints[field.name]
             section_hints = typing.get_type_hints(section)
             for inner in dataclasses.fields(section):
-                if (field.name, inner.name) in PINNED:
+                if (field.name, inner.name) in NOT_FLAGS:
                     continue
                 found.append(_setting(field.name, inner, section_hints[inner.name], defaults[field.name][inner.name]))
         else:
@@ -75,16 +77,56 @@ def _parse(setting: Setting, value: object) -> object:
     return value
 
 
-def spec_from(config: Path | None, given: dict[str, object]) -> JobSpec:
-    """Defaults, then the config file, then the given flags (``None`` = not given)."""
+def spec_from(config: Path | None, given: dict[str, object], start_from: Path | None = None) -> JobSpec:
+    """Defaults, then the config file, then a learned prompt to start from, then the given flags (``None`` = not
+    given)."""
     data = to_dict(load(config)) if config else to_dict(JobSpec())
+    learned = None
+    if start_from:
+        from fedbpt.job import LearnedPrompt
+
+        learned = LearnedPrompt.load(start_from)
+        data = starting_from(data, learned)
     for setting in settings():
         value = given.get(setting.parameter)
         if value is None:
             continue
         target = data[setting.section] if setting.section else data
         target[setting.key] = _parse(setting, value)
-    return from_dict(data)
+    spec = from_dict(data)
+    if learned is not None:
+        _check_start(spec, learned, start_from)
+    return spec
+
+
+# What z needs to mean what it meant: the projection (seed, shape) and the model it was learned on.
+PROJECTION_KEYS = (("", "seed"), ("model", "name"), ("prompt", "dim"), ("prompt", "n_tokens"), ("prompt", "placement"))
+
+
+def _value(data: dict, section: str, key: str) -> object:
+    return data[section][key] if section else data[key]
+
+
+def starting_from(data: dict, learned) -> dict:
+    """The spec's data set to search from a learned prompt: its start, its z as the initial prompt, and the
+    settings z only means something under."""
+    source = to_dict(learned.spec)
+    for section, key in PROJECTION_KEYS:
+        (data[section] if section else data)[key] = _value(source, section, key)
+    data["prompt"] |= {"starts": [learned.start], "initial": encode_vector(learned.z)}
+    return data
+
+
+def _check_start(spec: JobSpec, learned, prompt_file: Path) -> None:
+    mine, theirs = to_dict(spec), to_dict(learned.spec)
+    differ = [
+        f"{section + '.' if section else ''}{key} is {_value(mine, section, key)!r}, the prompt's "
+        f"{_value(theirs, section, key)!r}"
+        for section, key in PROJECTION_KEYS
+        if _value(mine, section, key) != _value(theirs, section, key)
+    ]
+    if differ:
+        raise SpecError(f"--start-from {prompt_file}: {'; '.join(differ)}; z only means something under those")
 
 
 def spec_options(command: Callable) -> Callable:
@@ -96,7 +138,17 @@ def spec_options(command: Callable) -> Callable:
             inspect.Parameter.KEYWORD_ONLY,
             default=typer.Option(None, help="a job spec (TOML or JSON); flags override it", rich_help_panel="Job spec"),
             annotation=Path | None,
-        )
+        ),
+        inspect.Parameter(
+            "start_from",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                None,
+                help="search from a learned prompt (a prompt or simulate results file): its start and z",
+                rich_help_panel="Job spec",
+            ),
+            annotation=Path | None,
+        ),
     ]
     for setting in settings():
         flag = "--" + setting.parameter.replace("_", "-")
@@ -115,7 +167,8 @@ def spec_options(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         given = {setting.parameter: kwargs.pop(setting.parameter, None) for setting in settings()}
-        spec = spec_from(kwargs.pop("config", None), given)  # a SpecError is a UserError: one line, exit 2
+        config, start_from = kwargs.pop("config", None), kwargs.pop("start_from", None)
+        spec = spec_from(config, given, start_from)  # a SpecError is a UserError: one line, exit 2
         return command(*args, spec=spec, **kwargs)
 
     wrapper.__signature__ = own.replace(parameters=[*parameters, *extra])

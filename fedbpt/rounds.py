@@ -59,11 +59,16 @@ class GlobalState:
 
 
 def initial(spec: JobSpec) -> GlobalState:
+    """Round 0 chooses among several starts; with one, the search opens at round 1 from the spec's initial z."""
     starts = spec.prompt.starts
-    zeros = np.zeros(spec.prompt.dim)
     if len(starts) == 1:
-        return GlobalState(1, zeros, spec.search.step, starts[0])
-    return GlobalState(0, zeros, spec.search.step)
+        return GlobalState(1, initial_z(spec), spec.search.step, starts[0])
+    return GlobalState(0, np.zeros(spec.prompt.dim), spec.search.step)
+
+
+def initial_z(spec: JobSpec) -> np.ndarray:
+    """The prompt before any search: a learned prompt's z (``--start-from``), or zeros (the start itself)."""
+    return decode_vector(spec.prompt.initial) if spec.prompt.initial else np.zeros(spec.prompt.dim)
 
 
 def kind(spec: JobSpec, state: GlobalState) -> str:

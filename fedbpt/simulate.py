@@ -234,7 +234,7 @@ def finish(results: dict, spec: JobSpec, state: GlobalState, evaluate: Callable)
     """The figures of a finished run: the start's, the last search round's and the returned best prompt's."""
     best = rounds.best_prompt(state)
     results["start"] = state.start
-    results["start_accuracy"] = evaluate(state, np.zeros(spec.prompt.dim), 0)
+    results["start_accuracy"] = evaluate(state, rounds.initial_z(spec), 0)
     results["last_round"] = state.mean_round
     results["last_accuracy"] = evaluate(state, state.mean, state.mean_round)
     results["best_round"] = best.round

@@ -25,6 +25,7 @@ from pydantic.dataclasses import dataclass
 
 from fedbpt.errors import UserError
 from fedbpt.objective import DEFAULT_STARTS, STARTS
+from fedbpt.protocol import decode_vector
 from fedbpt.tasks import BUILTIN_TASKS, TaskError, task_from_dict
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -56,6 +57,9 @@ class PromptSpec:
     starts: tuple[str, ...] = Field(
         DEFAULT_STARTS, min_length=1, description=f"starting prompts the parties choose among, of {', '.join(STARTS)}"
     )
+    initial: str = Field(
+        "", max_length=1_000_000, description="z to start from (base64 float32, a learned prompt's); '' = zeros"
+    )
     scale: float = Field(0.0, ge=0, description="pinned: std(token embeddings) / sqrt(dim)")
     fingerprint: str = Field("", max_length=64, description="pinned: hash of the projection's bytes")
 
@@ -63,6 +67,15 @@ class PromptSpec:
         unknown = [start for start in self.starts if start not in STARTS]
         if unknown or len(set(self.starts)) != len(self.starts):
             raise ValueError(f"starts must be distinct names from {list(STARTS)}, got {list(self.starts)}")
+        if self.initial:
+            if len(self.starts) != 1:
+                raise ValueError("an initial z belongs to one start: give exactly one in starts")
+            try:
+                length = len(decode_vector(self.initial))
+            except ValueError as error:
+                raise ValueError(f"initial: {error}") from None
+            if length != self.dim:
+                raise ValueError(f"initial has {length} values, dim is {self.dim}")
 
 
 @dataclass(frozen=True, config=STRICT)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from fedbpt.job import LearnedPrompt
 from fedbpt.options import settings
+from fedbpt.protocol import decode_vector
 from fedbpt.spec import JobSpec, from_dict, load, to_toml
 
 
@@ -241,3 +242,35 @@ def test_a_simulation_result_round_trips_into_evaluate_and_predict(tmp_path, tin
         assert predicted.exit_code == 0, predicted.output
         lines = predicted.stdout.splitlines()
         assert len(lines) == 2 and {line.split("\t")[0] for line in lines} <= {"positive", "negative"}
+
+
+def test_a_learned_prompt_exports_as_an_array_and_seeds_a_new_search(tmp_path, tiny_model_dir):
+    common = ["--model", str(tiny_model_dir), "--dtype", "float32"]
+    small = ["--parties", "2", "--rounds", "1", "--examples-per-party", "4", "--population", "2", "--iterations", "1"]
+    first = tmp_path / "first.json"
+    assert invoke("simulate", *common, *small, "--eval-examples", "8", "--out", str(first)).exit_code == 0
+    learned = LearnedPrompt.load(first)
+    for name in ("soft.npy", "soft.safetensors"):
+        exported = invoke("prompt", "export", str(first), "--out", str(tmp_path / name), *common)
+        assert exported.exit_code == 0, exported.output
+    from safetensors.numpy import load_file
+
+    array = np.load(tmp_path / "soft.npy")
+    assert array.shape == (learned.spec.prompt.n_tokens, 32) and array.dtype == np.float32
+    np.testing.assert_array_equal(load_file(tmp_path / "soft.safetensors")["soft_prompt"], array)
+    assert one_line_error(invoke("prompt", "export", str(first), "--out", str(tmp_path / "soft.pt"))).endswith(
+        "--out must end in .npy or .safetensors, got soft.pt"
+    )
+
+    spec = shown_spec(tmp_path, "--start-from", str(first), *small)
+    assert spec.prompt.starts == (learned.start,)
+    np.testing.assert_allclose(decode_vector(spec.prompt.initial), learned.z, rtol=1e-6)
+    second = tmp_path / "second.json"
+    resumed = invoke(
+        "simulate", *common, *small, "--eval-examples", "8", "--start-from", str(first), "--out", str(second)
+    )
+    assert resumed.exit_code == 0, resumed.output
+    results = json.loads(second.read_text())
+    assert [record["kind"] for record in results["rounds"]] == ["search", "final"] and results["start"] == learned.start
+    error = one_line_error(invoke("config", "show", "--start-from", str(first), "--seed", "7"))
+    assert error == f"error: --start-from {first}: seed is 7, the prompt's 42; z only means something under those"
