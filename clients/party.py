@@ -17,14 +17,13 @@ import numpy as np
 
 from clients.api import RETRY_FOR_S, Api, ServerRefused, enroll
 from fedbpt import rounds
-from fedbpt.aggregate import Scores, Update
 from fedbpt.backends import Backend, EncodedExample
 from fedbpt.data import Example, federated_split
 from fedbpt.errors import UserError
 from fedbpt.job import prompted_model, spec_task
 from fedbpt.objective import PromptedModel
 from fedbpt.projection import CACHE_LIMIT_BYTES
-from fedbpt.rounds import GlobalState
+from fedbpt.protocol import GlobalState, Scores, Update
 from fedbpt.search import respond
 from fedbpt.spec import JobSpec, from_dict
 

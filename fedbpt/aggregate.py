@@ -8,69 +8,14 @@ start round, best-so-far, backtracking) is in ``fedbpt.rounds``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from fedbpt.protocol import decode_vector, encode_vector
+from fedbpt.protocol import InvalidUpdate, Scores, Update
 
 MAX_NORM = 1e4
 MAX_SIGMA = 1e3
 MAX_LOSS = 1e6
-
-
-class InvalidUpdate(ValueError):
-    """A report the server must refuse; the message is the reason."""
-
-
-@dataclass(frozen=True)
-class Update:
-    """What one party sends after its local search in a round."""
-
-    party: str
-    round: int
-    loss: float  # calibrated training loss of the round's global prompt (the mean the search started from)
-    mean: np.ndarray
-    sigmas: tuple[float, ...]  # the local step size before each local iteration
-    sigma: float  # the local step size after the last iteration
-    fitness: float  # the local objective at the local mean (lower is better)
-    n_examples: int
-    evaluations: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self, wire: str = "float32") -> dict:
-        return {**asdict(self), "mean": encode_vector(self.mean, wire), "sigmas": list(self.sigmas)}
-
-    @classmethod
-    def from_dict(cls, data: dict, wire: str = "float32") -> Update:
-        """Parse a stored or wire update; a missing or unknown field, or a bad vector, is an InvalidUpdate."""
-        required = {"party", "round", "loss", "mean", "sigmas", "sigma", "fitness", "n_examples"}
-        if not isinstance(data, dict) or not required <= set(data) <= {field.name for field in fields(cls)}:
-            raise InvalidUpdate(f"an update needs the fields {sorted(required)} (evaluations and seconds optional)")
-        try:
-            mean = decode_vector(data["mean"], wire)
-            sigmas = tuple(float(s) for s in data["sigmas"])
-        except (TypeError, ValueError) as error:
-            raise InvalidUpdate(f"malformed mean or sigmas: {error}") from None
-        return cls(**{**data, "mean": mean, "sigmas": sigmas})
-
-
-@dataclass(frozen=True)
-class Scores:
-    """What one party sends in a scoring round: its training loss of each candidate prompt."""
-
-    party: str
-    round: int
-    losses: tuple[float, ...]
-    n_examples: int
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "losses": list(self.losses)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Scores:
-        return cls(**{**data, "losses": tuple(float(loss) for loss in data["losses"])})
 
 
 def _is_integer(value: object) -> bool:

@@ -13,49 +13,15 @@ The simulator and the server call ``close`` with the same reports and get the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from fedbpt import aggregate
-from fedbpt.aggregate import InvalidUpdate, Scores, Update
-from fedbpt.protocol import decode_vector, encode_vector, on_wire
+from fedbpt.protocol import Best, GlobalState, InvalidUpdate, Scores, Update, decode_vector, encode_vector, on_wire
 from fedbpt.spec import JobSpec
 
 KINDS = ("start", "search", "final")
-
-
-@dataclass(frozen=True)
-class Best:
-    round: int  # the prompt after this round (0: the chosen start, z = 0)
-    mean: np.ndarray
-    loss: float | None  # its pooled training loss (None before any was scored)
-
-
-@dataclass(frozen=True)
-class GlobalState:
-    round: int  # the open round: 0 chooses the start, 1..R search, R + 1 scores the last prompt
-    mean: np.ndarray  # the round's global prompt
-    sigma: float  # the step the round's local searches start with
-    start: str = ""  # the chosen starting prompt ("" while round 0 is open)
-    mean_round: int = 0  # the round after which ``mean`` was the global prompt
-    best: Best | None = None
-
-    def to_dict(self) -> dict:
-        best = self.best and {"round": self.best.round, "mean": encode_vector(self.best.mean), "loss": self.best.loss}
-        return {
-            "round": self.round,
-            "mean": encode_vector(self.mean),
-            "sigma": self.sigma,
-            "start": self.start,
-            "mean_round": self.mean_round,
-            "best": best,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GlobalState:
-        best = data["best"] and Best(data["best"]["round"], decode_vector(data["best"]["mean"]), data["best"]["loss"])
-        return cls(data["round"], decode_vector(data["mean"]), data["sigma"], data["start"], data["mean_round"], best)
 
 
 def initial(spec: JobSpec) -> GlobalState:

@@ -15,12 +15,10 @@ import cma
 import numpy as np
 
 from fedbpt import rounds
-from fedbpt.aggregate import Scores, Update
 from fedbpt.backends import EncodedExample
 from fedbpt.data import validation_split
 from fedbpt.objective import Objective, PromptedModel
-from fedbpt.protocol import on_wire
-from fedbpt.rounds import GlobalState
+from fedbpt.protocol import GlobalState, Scores, Update, on_wire
 from fedbpt.spec import JobSpec, SearchSpec
 
 Loss = Callable[[np.ndarray], np.ndarray]

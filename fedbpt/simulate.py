@@ -22,8 +22,7 @@ from fedbpt.backends import Backend, EncodedExample
 from fedbpt.data import class_histogram, federated_split
 from fedbpt.job import prompted_model, spec_task
 from fedbpt.objective import PromptedModel
-from fedbpt.protocol import encode_vector
-from fedbpt.rounds import GlobalState
+from fedbpt.protocol import GlobalState, encode_vector
 from fedbpt.search import respond
 from fedbpt.spec import JobSpec, from_dict, to_dict
 from fedbpt.tracking import RunLog, provenance, round_event

@@ -46,7 +46,7 @@ def child(kind: str, cap_mb: int, job: dict, args: argparse.Namespace) -> dict:
     from clients.party import DataChoice, party_examples
     from fedbpt.job import prompted_model
     from fedbpt.models import load_backend
-    from fedbpt.rounds import GlobalState
+    from fedbpt.protocol import GlobalState
     from fedbpt.search import respond
     from fedbpt.spec import from_dict
 

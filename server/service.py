@@ -23,9 +23,8 @@ from collections.abc import Callable
 from functools import partial
 
 from fedbpt import rounds
-from fedbpt.aggregate import InvalidUpdate
 from fedbpt.job import LearnedPrompt
-from fedbpt.rounds import GlobalState
+from fedbpt.protocol import GlobalState, InvalidUpdate
 from fedbpt.spec import JobSpec, from_dict, to_dict
 from fedbpt.tracking import provenance, round_event
 from server.errors import Refusal

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from fedbpt import aggregate
-from fedbpt.aggregate import InvalidUpdate, Scores, Update
-from fedbpt.protocol import on_wire
+from fedbpt.protocol import InvalidUpdate, Scores, Update, on_wire
 
 DIM = 20
 

@@ -6,7 +6,7 @@ import pytest
 from fedbpt.job import pin, prompted_model
 from fedbpt.models import load_backend
 from fedbpt.objective import Objective
-from fedbpt.rounds import GlobalState
+from fedbpt.protocol import GlobalState
 from fedbpt.search import local_search
 from fedbpt.spec import JobSpec, SearchSpec
 

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 from fedbpt import aggregate, objective, rounds
-from fedbpt.aggregate import InvalidUpdate, Scores, Update
-from fedbpt.protocol import on_wire
-from fedbpt.rounds import Best, GlobalState
+from fedbpt.protocol import Best, GlobalState, InvalidUpdate, Scores, Update, on_wire
 from fedbpt.spec import from_dict, replace
 
 DIM = 4

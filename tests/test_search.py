@@ -4,11 +4,9 @@ import numpy as np
 import pytest
 
 from fedbpt import rounds
-from fedbpt.aggregate import Scores, Update
 from fedbpt.data import validation_split
 from fedbpt.job import prompted_model
-from fedbpt.protocol import on_wire
-from fedbpt.rounds import Best, GlobalState
+from fedbpt.protocol import Best, GlobalState, Scores, Update, on_wire
 from fedbpt.search import cma_search, local_search, party_seed, respond, zo_search
 from fedbpt.spec import SearchSpec, from_dict, replace
 from fedbpt.tasks import builtin_task

@@ -24,9 +24,8 @@ from serving import ADMIN_TOKEN, ServerProcess, admin_headers, tiny_spec
 from typer.testing import CliRunner
 
 from fedbpt import rounds
-from fedbpt.aggregate import Update
 from fedbpt.job import LearnedPrompt
-from fedbpt.protocol import decode_vector, encode_vector, on_wire
+from fedbpt.protocol import Update, decode_vector, encode_vector, on_wire
 from fedbpt.spec import JobSpec, from_dict
 
 MAX_BODY_BYTES = 16384
