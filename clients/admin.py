@@ -9,6 +9,7 @@ from pathlib import Path
 
 from clients.api import Api
 from fedbpt.backends import Backend
+from fedbpt.federation import party_names
 from fedbpt.job import pin
 from fedbpt.spec import JobSpec, replace, to_dict
 from fedbpt.tasks import BUILTIN_TASKS, load_task_file
@@ -23,10 +24,6 @@ def with_task_content(spec: JobSpec) -> JobSpec:
     load_task_file(path)  # a missing or malformed file fails here, with its own message
     text = path.read_text()
     return replace(spec, task=tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
-
-
-def party_names(spec: JobSpec) -> list[str]:
-    return [f"party-{i}" for i in range(spec.federation.parties)]
 
 
 def create_job(api: Api, spec: JobSpec, backend: Backend) -> tuple[dict, dict[str, str]]:

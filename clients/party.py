@@ -18,8 +18,9 @@ import numpy as np
 from clients.api import RETRY_FOR_S, Api, ServerRefused, enroll
 from fedbpt import rounds
 from fedbpt.backends import Backend, EncodedExample
-from fedbpt.data import Example, federated_split
+from fedbpt.data import Example
 from fedbpt.errors import UserError
+from fedbpt.federation import held_out_share, shard
 from fedbpt.job import prompted_model, spec_task
 from fedbpt.objective import PromptedModel
 from fedbpt.projection import CACHE_LIMIT_BYTES
@@ -62,14 +63,7 @@ def party_examples(spec: JobSpec, choice: DataChoice) -> tuple[list[Example], li
     held_out = held_out[:rows] if rows else held_out
     if choice.shard is None:
         return task.load_train(), held_out
-    parties = spec.federation.parties
-    if not 0 <= choice.shard < parties:
-        raise UserError(f"--shard must be in [0, {parties}) for this job's {parties} parties, got {choice.shard}")
-    data = spec.data
-    pool, shares = federated_split(
-        task.load_train(), parties, data.examples_per_party, data.partition, data.alpha, spec.seed
-    )
-    return [pool[i] for i in shares[choice.shard]], held_out[choice.shard :: parties]
+    return shard(spec, task.load_train(), choice.shard), held_out_share(held_out, choice.shard, spec.federation.parties)
 
 
 def encoded(model: PromptedModel, examples: list[Example]) -> tuple[list[EncodedExample], np.ndarray]:

@@ -77,21 +77,20 @@ def simulate(
     The returned prompt (the best by the parties' pooled training loss) is written beside the results as
     OUT with the suffix .prompt.json, for ``fedbpt evaluate`` and ``fedbpt predict``.
     """
-    from fedbpt.job import LearnedPrompt, preflight
+    from fedbpt.job import preflight
     from fedbpt.models import load_backend
-    from fedbpt.protocol import decode_vector
+    from fedbpt.results import returned_prompt, summary, summary_line
     from fedbpt.simulate import simulate as run
-    from fedbpt.simulate import summary, summary_line
 
     preflight(spec)
     backend = load_backend(spec.model.name, dtype=dtype, threads=threads or None)
     results = run(spec, backend, out, eval_every)
     typer.echo(summary(results))
-    typer.echo(f"results written to {out}")
-    if "prompt" in results:
-        prompt = results["prompt"]
+    typer.echo(f"results written to {out} (events: {out.with_suffix('.events.jsonl')})")
+    prompt = returned_prompt(results, spec)
+    if prompt is not None:
         path = out.with_suffix(".prompt.json")
-        LearnedPrompt(spec, prompt["start"], decode_vector(prompt["z"]), prompt["round"], prompt["loss"]).save(path)
+        prompt.save(path)
         typer.echo(f"returned prompt written to {path}")
     typer.echo(summary_line(results))
     if results["status"] == "interrupted":

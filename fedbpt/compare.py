@@ -29,10 +29,8 @@ from tqdm import tqdm
 from fedbpt import spec as specs
 from fedbpt.backends import Backend
 from fedbpt.errors import OptionError
-from fedbpt.job import LearnedPrompt
-from fedbpt.protocol import decode_vector
+from fedbpt.results import returned_prompt, write_json
 from fedbpt.rounds import initial_z
-from fedbpt.simulate import write_json
 from fedbpt.spec import JobSpec
 from fedbpt.tracking import provenance
 
@@ -166,7 +164,8 @@ def run_one(config: CompareConfig, method: str, partition: str, seed: int, backe
 
         return run_gradient(method, spec, config.training(), backend, scratch, config.eval_every)
     from fedbpt.baselines import incontext
-    from fedbpt.simulate import prepare, start_round, zero_shot
+    from fedbpt.federation import prepare, zero_shot
+    from fedbpt.simulate import start_round
 
     started = time.perf_counter()
     federation = prepare(spec, backend)
@@ -399,10 +398,8 @@ def compare(config: CompareConfig, backend: Backend, out_dir: Path) -> dict:
             break
         run = summarize(method, partition, seed, outcome, peak)
         runs.append(run)
-        if "prompt" in outcome:
-            prompt = outcome["prompt"]
-            spec = config.run_spec(method, partition, seed)
-            learned = LearnedPrompt(spec, prompt["start"], decode_vector(prompt["z"]), prompt["round"], prompt["loss"])
+        learned = returned_prompt(outcome, config.run_spec(method, partition, seed))
+        if learned is not None:
             learned.save(out_dir / "prompts" / f"{method}-{partition}-{seed}.json")
         results["machine"]["load_average_end"] = machine()["load_average"]
         _write(results, config, out_dir)

@@ -213,13 +213,25 @@ class PromptedModel:
     def predict(self, z: np.ndarray | None, examples: list[EncodedExample]) -> np.ndarray:
         return self.scores(z, examples)[0].argmax(axis=-1)
 
+    @property
+    def scoring(self) -> str:
+        """Which accuracy this model reports: "calibrated" or "raw"."""
+        return "calibrated" if self.calibrate else "raw"
+
     def accuracy(self, z: np.ndarray | None, examples: list[EncodedExample], labels: np.ndarray) -> float:
-        """Held-out accuracy, calibrated when the model calibrates."""
-        return self.accuracies(z, examples, labels)["calibrated" if self.calibrate else "raw"]
+        """Held-out accuracy of z, calibrated when the model calibrates."""
+        return self.accuracies(z, examples, labels)[self.scoring]
 
     def accuracies(self, z: np.ndarray | None, examples: list[EncodedExample], labels: np.ndarray) -> dict:
-        """Held-out accuracy of the first candidate raw and calibrated, from one scoring pass."""
-        log_probs = log_softmax(self.logits(z, examples + self.content_free))[:1]
+        """Held-out accuracy of z, raw and calibrated."""
+        return self.accuracies_of(lambda batch: self.logits(z, batch), examples, labels)
+
+    def accuracies_of(
+        self, logits: Callable[[list[EncodedExample]], np.ndarray], examples: list[EncodedExample], labels: np.ndarray
+    ) -> dict:
+        """Held-out accuracy, raw and calibrated, of the first candidate of any scorer of raw label logits (the
+        baselines' prompts too), from one scoring pass of the examples and the content-free inputs."""
+        log_probs = log_softmax(logits(examples + self.content_free))[:1]
         raw, reference = log_probs[:, : len(examples)], log_probs[:, len(examples) :]
         return {
             "raw": float((raw[0].argmax(-1) == labels).mean()),

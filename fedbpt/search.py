@@ -17,17 +17,12 @@ import numpy as np
 from fedbpt import rounds
 from fedbpt.backends import EncodedExample
 from fedbpt.data import validation_split
+from fedbpt.federation import party_seed
 from fedbpt.objective import Objective, PromptedModel
 from fedbpt.protocol import GlobalState, Scores, Update, on_wire
 from fedbpt.spec import JobSpec, SearchSpec
 
 Loss = Callable[[np.ndarray], np.ndarray]
-
-
-def party_seed(job_seed: int, party: int, round_number: int) -> int:
-    """A distinct, reproducible seed per party and round (the released code gave every client the same one)."""
-    state = np.random.SeedSequence([job_seed, party, round_number]).generate_state(1)[0]
-    return int(state % (2**31 - 2)) + 1  # pycma treats seed 0 as "random"
 
 
 def cma_search(mean: np.ndarray, sigma: float, objective: Loss, search: SearchSpec, seed: int):

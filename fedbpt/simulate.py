@@ -9,74 +9,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from fedbpt import rounds
-from fedbpt.backends import Backend, EncodedExample
-from fedbpt.data import class_histogram, federated_split
-from fedbpt.job import prompted_model, spec_task
-from fedbpt.objective import PromptedModel
+from fedbpt.backends import Backend
+from fedbpt.federation import Federation, prepare, round_parties, zero_shot
 from fedbpt.protocol import GlobalState, encode_vector
+from fedbpt.results import finishing, write_json
 from fedbpt.search import respond
-from fedbpt.spec import JobSpec, from_dict, to_dict
+from fedbpt.spec import JobSpec, to_dict
 from fedbpt.tracking import RunLog, provenance, round_event
-
-
-@dataclass
-class Party:
-    name: str
-    examples: list[EncodedExample]
-    labels: np.ndarray
-
-
-@dataclass
-class Federation:
-    """What every method run on a spec shares: the prompted model, the parties, the held-out set."""
-
-    model: PromptedModel
-    parties: list[Party]
-    histogram: np.ndarray  # (parties, classes)
-    eval_set: list[EncodedExample]
-    eval_labels: np.ndarray
-
-
-def prepare(spec: JobSpec, backend: Backend) -> Federation:
-    """The spec's model (with its first start), its parties' seeded shares of the training data, the held-out set."""
-    task = spec_task(spec)
-    model = prompted_model(spec, backend, task=task)
-    data = spec.data
-    pool, shares = federated_split(
-        task.load_train(), spec.federation.parties, data.examples_per_party, data.partition, data.alpha, spec.seed
-    )
-    labels = np.array([example.label for example in pool])
-    encoded = model.encode(pool)
-    parties = [Party(f"party-{i}", [encoded[j] for j in share], labels[share]) for i, share in enumerate(shares)]
-    held_out = task.load_eval()
-    if data.eval_examples:
-        held_out = held_out[: data.eval_examples]
-    return Federation(
-        model,
-        parties,
-        class_histogram(labels, shares, task.n_labels),
-        model.encode(held_out),
-        np.array([row.label for row in held_out]),
-    )
-
-
-def round_parties(spec: JobSpec, number: int) -> np.ndarray:
-    """The sorted indices of the parties taking part in round ``number``, drawn from the job's seed, so every
-    method run on a spec (FedBPT, FedAvg-BBT, FedPrompt, FedP-tuning) trains the same parties."""
-    federation = spec.federation
-    if federation.per_round == federation.parties:
-        return np.arange(federation.parties)
-    picker = np.random.default_rng([spec.seed, 1, number])
-    return np.sort(picker.choice(federation.parties, size=federation.per_round, replace=False))
 
 
 def downlink(spec: JobSpec, state: GlobalState) -> dict:
@@ -118,40 +64,6 @@ def start_round(spec: JobSpec, federation: Federation) -> tuple[GlobalState, dic
     return play_round(spec, federation, state)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Replace ``path`` in one rename, so a reader (or a Ctrl-C) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=1))
-    partial.replace(path)
-
-
-@contextmanager
-def finishing(results: dict, save: Callable[[], None], bar: tqdm, started: float) -> Iterator[None]:
-    """Around a federation's rounds: mark the results finished, or interrupted on Ctrl-C (which is absorbed, so
-    the caller returns every finished round); then close the progress bar, add the total time and save."""
-    try:
-        yield
-        results["status"] = "finished"
-    except KeyboardInterrupt:
-        results["status"] = "interrupted"
-        tqdm.write("interrupted: results hold every finished round")
-    finally:
-        bar.close()
-        results["seconds"] = time.perf_counter() - started
-        save()
-
-
-def zero_shot(federation: Federation) -> dict:
-    """The bare template's held-out accuracy, raw and calibrated: the training-free baselines."""
-    model = federation.model
-    raw, calibrated = replace(model, calibrate=False), replace(model, calibrate=True)
-    return {
-        "zero_shot": raw.accuracy(None, federation.eval_set, federation.eval_labels),
-        "zero_shot_calibrated": calibrated.accuracy(None, federation.eval_set, federation.eval_labels),
-    }
-
-
 def simulate(spec: JobSpec, backend: Backend, out: Path | None = None, eval_every: int = 1) -> dict:
     """Run the federation; return (and write to ``out``) the results.
 
@@ -186,7 +98,7 @@ def simulate(spec: JobSpec, backend: Backend, out: Path | None = None, eval_ever
             scorer = model.with_start(state.start)
             both = scorer.accuracies(z, federation.eval_set, federation.eval_labels)
             results["accuracies"][str(after_round)] = both
-            results["accuracy"][str(after_round)] = both["calibrated" if model.calibrate else "raw"]
+            results["accuracy"][str(after_round)] = both[model.scoring]
         return results["accuracy"][str(after_round)]
 
     results |= zero_shot(federation)
@@ -239,47 +151,3 @@ def finish(results: dict, spec: JobSpec, state: GlobalState, evaluate: Callable)
     results["best_round"] = best.round
     results["final_accuracy"] = evaluate(state, best.mean, best.round)
     results["prompt"] = {"round": best.round, "loss": best.loss, "z": encode_vector(best.mean), "start": state.start}
-
-
-def summary_line(results: dict) -> str:
-    """The machine-readable last line of ``fedbpt simulate``."""
-    searched = [record for record in results["rounds"] if "bytes_per_party" in record and record["kind"] == "search"]
-    per_round = int(np.mean([sum(r["bytes_per_party"].values()) for r in searched])) if searched else 0
-    figures = {key: results.get(f"{key}_accuracy", float("nan")) for key in ("start", "last", "final")}
-    return (
-        f"task={from_dict(results['spec']).task_name} zero_shot={results['zero_shot']:.4f} "
-        f"zero_shot_calibrated={results['zero_shot_calibrated']:.4f} "
-        + " ".join(f"{key}={value:.4f}" for key, value in figures.items())
-        + f" bytes_per_party_round={per_round}"
-    )
-
-
-def summary(results: dict) -> str:
-    spec = from_dict(results["spec"])
-    lines = [
-        f"{spec.federation.aggregator} on {spec.task_name} with {spec.model.name}: {results['status']} after "
-        f"{len(results['rounds'])} rounds in "
-        f"{results.get('seconds', 0):.0f} s",
-        f"  zero-shot            {results['zero_shot']:.4f} (calibrated {results['zero_shot_calibrated']:.4f})",
-        "  (loss: the parties' pooled training loss of a prompt, lower is better; accuracy on the held-out rows)",
-    ]
-    for record in results["rounds"]:
-        accuracy = f"accuracy {record['accuracy']:.4f}" if "accuracy" in record else " " * 15
-        if record["kind"] == "start":
-            losses = ", ".join(f"{name} {loss:.4f}" for name, loss in record["start_losses"].items())
-            lines.append(f"  round {record['round']:3d}  start {record['start']!r} {accuracy}  (losses: {losses})")
-        elif record["kind"] == "search":
-            note = "  backtracked to the best" if record["backtracked"] else ""
-            lines.append(
-                f"  round {record['round']:3d}  {accuracy}  loss of round {record['scored_round']}'s prompt "
-                f"{record['loss']:.4f}  step {record['sigma']:.3f}{note}"
-            )
-        else:
-            scored = f"round {record['scored_round']}'s prompt"
-            lines.append(f"  round {record['round']:3d}  final: loss of {scored} {record['loss']:.4f}")
-    if "final_accuracy" in results:
-        lines.append(
-            f"  returned prompt: after round {results['best_round']}, accuracy {results['final_accuracy']:.4f} "
-            f"({results['final_accuracy'] - results['zero_shot_calibrated']:+.4f} vs calibrated zero-shot)"
-        )
-    return "\n".join(lines)

@@ -24,10 +24,10 @@ import numpy as np
 from _common import held_out
 
 from clients.party import DataChoice, party_examples
+from fedbpt.federation import party_seed
 from fedbpt.job import pin, prompted_model
 from fedbpt.models import load_backend, prepare
 from fedbpt.objective import Objective, PromptedModel
-from fedbpt.search import party_seed
 from fedbpt.spec import JobSpec, from_dict
 
 SHARDS = 4

@@ -14,8 +14,9 @@ from fedbpt.backends import EncodedExample
 from fedbpt.baselines import incontext, prompt_tuning
 from fedbpt.baselines.federated import GRADIENT_METHODS, download_bytes, run_gradient, upload_bytes
 from fedbpt.compare import METHODS, CompareConfig, compare, parse_list
+from fedbpt.federation import prepare
 from fedbpt.job import LearnedPrompt
-from fedbpt.simulate import prepare, start_round
+from fedbpt.simulate import start_round
 from fedbpt.spec import from_dict
 
 SMALL = from_dict(
@@ -169,7 +170,7 @@ def test_in_context_demonstrations_come_from_the_party_and_take_labels_in_turn(f
 
 def in_context_by_hand(federation, count: int, seed: int, calibrate: bool) -> list[float]:
     """Each party's accuracy with its demonstrations before every held-out and content-free input."""
-    from fedbpt.search import party_seed
+    from fedbpt.federation import party_seed
 
     model, accuracies = federation.model, []
     for index, party in enumerate(federation.parties):

@@ -21,10 +21,11 @@ from typer.testing import CliRunner
 from clients.api import Api, ServerUnavailable
 from clients.party import DataChoice, party_examples
 from fedbpt.errors import UserError
+from fedbpt.federation import prepare
 from fedbpt.job import JobMismatch, LearnedPrompt, pin, prompted_model
 from fedbpt.models import load_backend
 from fedbpt.protocol import decode_vector
-from fedbpt.simulate import prepare, simulate
+from fedbpt.simulate import simulate
 from fedbpt.spec import JobSpec, from_dict, replace, to_dict
 
 

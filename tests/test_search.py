@@ -5,9 +5,10 @@ import pytest
 
 from fedbpt import rounds
 from fedbpt.data import validation_split
+from fedbpt.federation import party_seed
 from fedbpt.job import prompted_model
 from fedbpt.protocol import Best, GlobalState, Scores, Update, on_wire
-from fedbpt.search import cma_search, local_search, party_seed, respond, zo_search
+from fedbpt.search import cma_search, local_search, respond, zo_search
 from fedbpt.spec import SearchSpec, from_dict, replace
 from fedbpt.tasks import builtin_task
 

@@ -5,8 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from fedbpt import results as results_module
 from fedbpt import rounds, simulate
 from fedbpt.data import Example
+from fedbpt.federation import round_parties
 from fedbpt.protocol import decode_vector
 from fedbpt.spec import from_dict, replace
 
@@ -136,9 +138,9 @@ def test_zero_shot_is_the_bare_template_raw_and_calibrated(runs, backend):
 
 def test_the_summary_and_its_last_line_show_the_run(runs):
     results, _ = runs[4, "fedbpt"]
-    text = simulate.summary(results)
+    text = results_module.summary(results)
     assert "fedbpt on sst2" in text and "backtracked to the best" in text and "returned prompt: after round" in text
-    figures = dict(part.split("=") for part in simulate.summary_line(results).split())
+    figures = dict(part.split("=") for part in results_module.summary_line(results).split())
     assert figures["task"] == "sst2"
     for key in ("start", "last", "final"):
         assert float(figures[key]) == pytest.approx(results[f"{key}_accuracy"], abs=1e-4)
@@ -167,18 +169,18 @@ def test_an_interrupted_run_keeps_its_finished_rounds(backend, tmp_path, monkeyp
 
 def test_a_round_draws_parties_per_round_from_the_seed():
     spec = from_dict({"federation": {"parties": 10, "parties_per_round": 4}})
-    drawn = [simulate.round_parties(spec, number) for number in range(1, 6)]
+    drawn = [round_parties(spec, number) for number in range(1, 6)]
     assert all(len(chosen) == 4 and list(chosen) == sorted(set(chosen)) for chosen in drawn)
     assert len({tuple(chosen) for chosen in drawn}) > 1
-    np.testing.assert_array_equal(simulate.round_parties(spec, 3), drawn[2])
-    assert simulate.round_parties(from_dict({"federation": {"parties": 4}}), 1).tolist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(round_parties(spec, 3), drawn[2])
+    assert round_parties(from_dict({"federation": {"parties": 4}}), 1).tolist() == [0, 1, 2, 3]
 
 
 def test_with_parties_per_round_only_the_drawn_parties_report(backend):
     spec = replace(SPEC, federation={"parties": 3, "parties_per_round": 2, "rounds": 1})
     results = simulate.simulate(spec, backend)
     for record in results["rounds"]:
-        expected = [f"party-{i}" for i in simulate.round_parties(spec, record["round"])]
+        expected = [f"party-{i}" for i in round_parties(spec, record["round"])]
         assert record["parties"] == expected
 
 

@@ -21,10 +21,11 @@ from tqdm import tqdm
 from fedbpt.backends import Backend, EncodedExample
 from fedbpt.baselines import prompt_tuning
 from fedbpt.baselines.prompt_tuning import LocalTraining
+from fedbpt.federation import Federation, party_seed, prepare, round_parties
 from fedbpt.objective import PromptedModel
 from fedbpt.protocol import encode_vector
-from fedbpt.search import party_seed
-from fedbpt.simulate import Federation, finishing, prepare, round_parties, start_round, write_json
+from fedbpt.results import finishing, write_json
+from fedbpt.simulate import start_round
 from fedbpt.spec import JobSpec, to_dict
 from fedbpt.tracking import RunLog, provenance, round_event
 
@@ -38,16 +39,14 @@ def _soft_prompt_accuracy(federation: Federation, model: PromptedModel, prompt: 
     def logits(examples: list[EncodedExample]) -> np.ndarray:
         return backend.label_logits(prompt[None], examples, model.label_ids, model.placement)
 
-    predictions = model.scores_of(logits, federation.eval_set)[0].argmax(axis=-1)
-    return float((predictions == federation.eval_labels).mean())
+    return model.accuracies_of(logits, federation.eval_set, federation.eval_labels)[model.scoring]
 
 
 def _deep_prompt_accuracy(federation: Federation, model: PromptedModel, prefix: np.ndarray) -> float:
     def logits(examples: list[EncodedExample]) -> np.ndarray:
         return prompt_tuning.predict_logits(prompt_tuning.deep_prompt_logits, model, prefix, examples)[None]
 
-    predictions = model.scores_of(logits, federation.eval_set)[0].argmax(axis=-1)
-    return float((predictions == federation.eval_labels).mean())
+    return model.accuracies_of(logits, federation.eval_set, federation.eval_labels)[model.scoring]
 
 
 # method -> (starting parameters, one party's round, accuracy on the held-out set)

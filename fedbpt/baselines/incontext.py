@@ -15,9 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from fedbpt.backends import EncodedExample
+from fedbpt.federation import Federation, party_seed
 from fedbpt.objective import PromptedModel
-from fedbpt.search import party_seed
-from fedbpt.simulate import Federation
 
 SEPARATOR = "\n\n"
 
@@ -67,6 +66,5 @@ def in_context_accuracies(federation: Federation, count: int, seed: int) -> list
             prompted = with_demonstrations(demonstrations, examples)
             return model.backend.label_logits(None, prompted, model.label_ids, "before")
 
-        predictions = model.scores_of(logits, federation.eval_set)[0].argmax(axis=-1)
-        accuracies.append(float((predictions == federation.eval_labels).mean()))
+        accuracies.append(model.accuracies_of(logits, federation.eval_set, federation.eval_labels)[model.scoring])
     return accuracies
