@@ -150,6 +150,36 @@ def config_show(spec: JobSpec):
     typer.echo(to_toml(spec), nl=False)
 
 
+task_app = typer.Typer(help="Task files.", no_args_is_help=True)
+app.add_typer(task_app, name="task")
+
+
+@task_app.command("check")
+def task_check(
+    path: Path = typer.Argument(..., help="a task file (TOML or JSON)"),
+    model: str = typer.Option(None, help="also check the verbalizer words with this model's tokenizer"),
+):
+    """Check a task file without running anything: its keys, its data files (rows per label) and, with --model,
+    that each verbalizer word is one token of the model's tokenizer."""
+    from collections import Counter
+
+    from fedbpt.models import load_tokenizer, locate
+    from fedbpt.tasks import load_task_file, verbalizer_token_ids
+
+    task = load_task_file(path)
+    if model:
+        locate(model)
+    for split, rows in (("train", task.load_train()), ("eval", task.load_eval())):
+        counts = Counter(row.label for row in rows)
+        per_label = ", ".join(f"{task.label_names[label]} {counts[label]}" for label in range(task.n_labels))
+        typer.echo(f"{split}: {len(rows)} rows ({per_label})")
+    if model:
+        ids = verbalizer_token_ids(task, load_tokenizer(model))
+        words = ", ".join(f"{word!r} -> {token}" for word, token in zip(task.verbalizers, ids, strict=True))
+        typer.echo(f"verbalizer words are single tokens of {model}: {words}")
+    typer.echo(f"task file {path} is fine: task {task.name!r}, {task.n_labels} labels")
+
+
 models_app = typer.Typer(help="Packaged models and their re-quantized GGUF variants.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 

@@ -15,7 +15,7 @@ import importlib
 import importlib.util
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,6 +252,18 @@ def load_backend(
     except OSError as error:
         raise ModelNotFound(f"cannot load model {name_or_path!r}: {error}") from None
     return TransformersBackend(model, tokenizer)
+
+
+def load_tokenizer(name_or_path: str) -> Callable[[str], list[int]]:
+    """The model's tokenizer alone (text -> token ids, no special tokens), as its transformers backend uses it."""
+    from transformers import AutoTokenizer
+
+    location = resolve_weights(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    except OSError as error:
+        raise ModelNotFound(f"cannot load the tokenizer of {name_or_path!r}: {error}") from None
+    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def load_llama_backend(name_or_path: str = DEFAULT_MODEL, threads: int | None = None, n_ctx: int | None = None):

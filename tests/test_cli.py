@@ -274,3 +274,20 @@ def test_a_learned_prompt_exports_as_an_array_and_seeds_a_new_search(tmp_path, t
     assert [record["kind"] for record in results["rounds"]] == ["search", "final"] and results["start"] == learned.start
     error = one_line_error(invoke("config", "show", "--start-from", str(first), "--seed", "7"))
     assert error == f"error: --start-from {first}: seed is 7, the prompt's 42; z only means something under those"
+
+
+def test_task_check_reads_the_data_and_checks_the_verbalizer_with_the_tokenizer(tmp_path, tiny_model_dir):
+    (tmp_path / "train.csv").write_text("sentence,label\na fine film,1\na dull film,0\ngood,1\n")
+    (tmp_path / "dev.csv").write_text("sentence,label\nbad,0\n")
+    task = {"name": "reviews", "template": "Review: {text}\nSentiment:", "train": "train.csv", "eval": "dev.csv"}
+    task |= {"text_column": "sentence", "label_column": "label", "labels": {"0": " negative", "1": " positive"}}
+    (tmp_path / "reviews.json").write_text(json.dumps(task))
+    checked = invoke("task", "check", str(tmp_path / "reviews.json"), "--model", str(tiny_model_dir))
+    assert checked.exit_code == 0, checked.output
+    assert checked.stdout.splitlines()[:2] == ["train: 3 rows (0 1, 1 2)", "eval: 1 rows (0 1, 1 0)"]
+    (tmp_path / "wordy.json").write_text(json.dumps({**task, "labels": {"0": " very bad", "1": " positive"}}))
+    error = one_line_error(invoke("task", "check", str(tmp_path / "wordy.json"), "--model", str(tiny_model_dir)))
+    assert error.startswith("error: task 'reviews': verbalizer words must be one token each: ' very bad' is 2 tokens")
+    (tmp_path / "dev.csv").unlink()
+    error = one_line_error(invoke("task", "check", str(tmp_path / "reviews.json")))
+    assert error.endswith("--data-dir sets that folder)") and "dev.csv does not exist" in error
