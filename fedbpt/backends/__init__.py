@@ -1,7 +1,9 @@
 """The black box: a frozen language model that scores soft prompt + text -> label logits.
 
-Backends know models, not federations. Heavy libraries (torch, transformers, llama_cpp) are imported
-only inside the backend modules, so ``import fedbpt`` stays light.
+Backends know models, not federations. Both backends score the sequences ``layout`` lays out and read
+the label logits back with ``Layout.by_candidate``; each keeps only how it feeds token ids and soft prompt
+rows to its model, runs a batch and reuses what it has computed. Heavy libraries (torch, transformers,
+llama_cpp) are imported only inside the backend modules, so ``import fedbpt`` stays light.
 """
 
 from __future__ import annotations
@@ -30,38 +32,64 @@ class EncodedExample:
     split: int
 
 
-Part = tuple[int, ...] | int
-"""A piece of a scored sequence: token ids, or the index of a soft prompt (candidate)."""
-
-
 @dataclass(frozen=True)
 class Layout:
-    """Every scored sequence is ``heads[h] + tails[t]`` for each ``(h, t)`` in ``pairs`` (in output order).
+    """The sequences one ``label_logits`` call scores: ``heads[h] + tails[t]`` for each ``(h, t)`` in ``pairs``.
 
-    In "before" placement a head is BOS + a candidate's soft prompt + the words every example starts with
-    (the template's opening), and a tail is the rest of an example. In "after" placement a head is BOS +
-    an example's text, and a tail is a candidate's prompt + that example's closing words. Backends compute
-    each head once and share it among its tails.
+    A head or a tail is a list of pieces, in order and none empty: token ids (n,) as int64, or the rows of
+    a candidate's soft prompt (n, hidden) as float32. Each backend feeds ids its own way and prompt rows as
+    they are. In "before" placement a head is BOS + a candidate's soft prompt + the words every example
+    starts with (the template's opening), and a tail is the rest of an example. In "after" placement a head
+    is BOS + an example's text, and a tail is a candidate's prompt + that example's closing words. Backends
+    compute each head once and share it among its tails.
     """
 
-    heads: list[list[Part]]
-    tails: list[list[Part]]
+    heads: list[list[np.ndarray]]
+    tails: list[list[np.ndarray]]
     pairs: list[tuple[int, int]]
+    n_candidates: int
+    n_examples: int
+
+    def by_candidate(self, label_logits: np.ndarray) -> np.ndarray:
+        """The label logits read after each pair's last position, (pairs, labels) in pair order, as
+        (candidates, examples, labels)."""
+        return label_logits.reshape(self.n_candidates, self.n_examples, label_logits.shape[-1])
 
 
-def layout(n_prompts: int, examples: list[EncodedExample], bos_ids: tuple[int, ...], placement: Placement) -> Layout:
+def layout(
+    prompts: np.ndarray | None,
+    examples: list[EncodedExample],
+    bos_ids: tuple[int, ...],
+    placement: Placement,
+    hidden_size: int,
+) -> Layout:
+    """Where each candidate's soft prompt goes among each example's tokens; pairs run candidate by candidate."""
+    candidates = soft_prompts(prompts, hidden_size)
     if placement == "before":
         opening = common_prefix([example.ids for example in examples])
-        heads = [[bos_ids, p, opening] for p in range(n_prompts)]
-        tails = [[example.ids[len(opening) :]] for example in examples]
-        pairs = [(p, e) for p in range(n_prompts) for e in range(len(examples))]
+        heads = [_pieces(bos_ids, prompt, opening) for prompt in candidates]
+        tails = [_pieces(example.ids[len(opening) :]) for example in examples]
+        pairs = [(c, e) for c in range(len(candidates)) for e in range(len(examples))]
     elif placement == "after":
-        heads = [[bos_ids + example.ids[: example.split]] for example in examples]
-        tails = [[p, example.ids[example.split :]] for p in range(n_prompts) for example in examples]
-        pairs = [(e, p * len(examples) + e) for p in range(n_prompts) for e in range(len(examples))]
+        heads = [_pieces(bos_ids + example.ids[: example.split]) for example in examples]
+        tails = [_pieces(prompt, example.ids[example.split :]) for prompt in candidates for example in examples]
+        pairs = [(e, c * len(examples) + e) for c in range(len(candidates)) for e in range(len(examples))]
     else:
         raise ValueError(f"placement must be 'before' or 'after', got {placement!r}")
-    return Layout(heads, tails, pairs)
+    return Layout(heads, tails, pairs, len(candidates), len(examples))
+
+
+def soft_prompts(prompts: np.ndarray | None, hidden_size: int) -> list[np.ndarray]:
+    """Each candidate's soft prompt as float32 rows (n_tokens, hidden); no prompt is one empty candidate."""
+    if prompts is None:
+        return [np.zeros((0, hidden_size), dtype=np.float32)]
+    return list(np.ascontiguousarray(prompts, dtype=np.float32))
+
+
+def _pieces(*parts: tuple[int, ...] | np.ndarray) -> list[np.ndarray]:
+    """The non-empty parts of a sequence: token id tuples as int64 arrays, prompt rows as they are."""
+    arrays = [part if isinstance(part, np.ndarray) else np.asarray(part, dtype=np.int64) for part in parts]
+    return [array for array in arrays if len(array)]
 
 
 def common_prefix(sequences: list[tuple[int, ...]]) -> tuple[int, ...]:

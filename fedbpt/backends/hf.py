@@ -1,12 +1,9 @@
 """Transformers + torch backend: full-precision (or bf16) scoring on CPU or GPU.
 
-Every scored sequence is ``head + tail``: in "before" placement the head is the soft prompt (one per
-candidate) and the tail is an example's text; in "after" placement the head is an example's text (one
-per example) and the tail is the soft prompt plus the template's closing words. Heads are run once and
-their keys/values are shared by every (head, tail) pair, so each candidate's prompt (or each example's
-text) is computed once per call; words every example starts with (the template's opening) join the head.
-A head's tails are packed into rows with a block-diagonal mask, so short texts cost no padding, and only
-the label tokens' logits at each tail's last position are computed.
+Scoring follows the shared ``layout`` (fedbpt.backends). Heads are run once and their keys/values are
+shared by every (head, tail) pair, so each candidate's prompt (or each example's text) is computed once
+per call. A head's tails are packed into rows with a block-diagonal mask, so short texts cost no padding,
+and only the label tokens' logits at each tail's last position are computed.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from fedbpt.backends import EncodedExample, Part, Placement, layout, model_identity
+from fedbpt.backends import EncodedExample, Placement, layout, model_identity
 
 # Batch limits measured with SmolLM2 on this CPU (docs/results.md). Short rows keep the block-diagonal mask's
 # wasted attention small; big forwards mean fewer, larger operations, which suffer less on a busy machine.
@@ -74,26 +71,21 @@ class TransformersBackend:
         shared: bool = True,
     ) -> np.ndarray:
         """See ``Backend.label_logits``; ``shared=False`` runs every full sequence (the naive reference)."""
-        if prompts is None:
-            prompt_tensors = [torch.zeros(0, self.hidden_size, dtype=self.dtype)]
-        else:
-            prompt_tensors = list(torch.from_numpy(np.ascontiguousarray(prompts, dtype=np.float32)).to(self.dtype))
-        plan = layout(len(prompt_tensors), examples, self.bos_ids, placement)
-        heads = [self._embed_parts(parts, prompt_tensors) for parts in plan.heads]
-        tails = [self._embed_parts(parts, prompt_tensors) for parts in plan.tails]
-        pairs = plan.pairs
-        hidden = (
-            self._last_hidden_shared(heads, tails, pairs) if shared else self._last_hidden_naive(heads, tails, pairs)
-        )
+        plan = layout(prompts, examples, self.bos_ids, placement, self.hidden_size)
+        heads = [self._embed_pieces(pieces) for pieces in plan.heads]
+        tails = [self._embed_pieces(pieces) for pieces in plan.tails]
+        last_hidden = self._last_hidden_shared if shared else self._last_hidden_naive
+        hidden = last_hidden(heads, tails, plan.pairs)
         weights = self.model.get_output_embeddings().weight[list(label_ids)].float()
         logits = hidden.float() @ weights.T
         if self.softcap:
             logits = self.softcap * torch.tanh(logits / self.softcap)
-        return logits.reshape(len(prompt_tensors), len(examples), len(label_ids)).numpy()
+        return plan.by_candidate(logits.numpy())
 
-    def _embed_parts(self, parts: list[Part], prompts: list[torch.Tensor]) -> torch.Tensor:
-        embedded = [prompts[p] if isinstance(p, int) else self._embed(torch.tensor(p, dtype=torch.long)) for p in parts]
-        return torch.cat(embedded)
+    def _embed_pieces(self, pieces: list[np.ndarray]) -> torch.Tensor:
+        """A sequence's input embeddings: token ids through the embedding layer, prompt rows as they are."""
+        rows = [self._embed(torch.from_numpy(p)) if p.ndim == 1 else torch.from_numpy(p).to(self.dtype) for p in pieces]
+        return torch.cat(rows) if rows else torch.zeros(0, self.hidden_size, dtype=self.dtype)
 
     def _chunks(self, lengths: list[int]) -> list[list[int]]:
         """Indices sorted by length, grouped so each forward stays under the token and sequence budgets."""

@@ -6,8 +6,9 @@ key/value cache, then ``llama_memory_seq_cp`` makes it the prefix of every seque
 (in a unified cache this only tags the head's cells with the new sequence ids: nothing is copied), and
 the tails of many sequences go through ``llama_decode`` together, with logits requested only at each
 tail's last token. Token ids enter as ids; soft prompts enter as embeddings through a batch made by
-``llama_batch_init(n, n_embd, 1)``. The embedding matrix is read from the GGUF file (with the ``gguf``
-package, row by row), because llama.cpp has no call that returns it.
+``llama_batch_init(n, n_embd, 1)``. The embedding matrix is read from the GGUF file (found by
+``gguf_header``, dequantized row by row with the ``gguf`` package), because llama.cpp has no call that
+returns it.
 
 Model quirks: the Gemma family multiplies input embeddings by sqrt(hidden). llama.cpp's Gemma 3 graph
 scales token ids only, while Gemma 1 and 2 also scale embeddings given as input; ``token_embeddings``
@@ -31,7 +32,8 @@ from fedbpt.errors import UserError
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import llama_cpp as ll  # noqa: E402  (the wait policy must be set before the OpenMP runtime loads)
 
-from fedbpt.backends import EncodedExample, Part, Placement, layout, model_identity
+from fedbpt.backends import EncodedExample, Placement, layout, model_identity
+from fedbpt.backends.gguf_header import token_embedding_matrix
 
 SCALED_EMBEDDINGS = ("gemma", "gemma2", "gemma3", "gemma3n", "gemma-embedding", "gemma4")
 SCALES_EMBEDDING_INPUT = ("gemma", "gemma2")
@@ -110,7 +112,7 @@ class LlamaCppBackend:
         self._embedding_batch = ll.llama_batch_init(n_batch, self.hidden_size, 1)
         self._token_view = _Batch(self._token_batch, n_batch, 0)
         self._embedding_view = _Batch(self._embedding_batch, n_batch, self.hidden_size)
-        self._embeddings = _embedding_tensor(self.path)
+        self._embeddings = token_embedding_matrix(self.path)
 
     def __del__(self):
         for batch in ("_token_batch", "_embedding_batch"):
@@ -166,25 +168,15 @@ class LlamaCppBackend:
         shared: bool = True,
     ) -> np.ndarray:
         """See ``Backend.label_logits``; ``shared=False`` decodes every full sequence alone (the reference)."""
-        if prompts is None:
-            prompt_arrays = [np.zeros((0, self.hidden_size), dtype=np.float32)]
-        else:
-            prompt_arrays = list(np.ascontiguousarray(prompts, dtype=np.float32) * np.float32(self._input_scale))
-        plan = layout(len(prompt_arrays), examples, self.bos_ids, placement)
-        heads = [self._parts(parts, prompt_arrays) for parts in plan.heads]
-        tails = [self._parts(parts, prompt_arrays) for parts in plan.tails]
+        if prompts is not None:  # undo the scale token_embeddings applied where llama.cpp scales inputs itself
+            prompts = np.asarray(prompts, dtype=np.float32) * np.float32(self._input_scale)
+        plan = layout(prompts, examples, self.bos_ids, placement, self.hidden_size)
         labels = np.asarray(label_ids, dtype=np.int64)
         if shared:
-            logits = self._score_shared(heads, tails, plan.pairs, labels)
+            logits = self._score_shared(plan.heads, plan.tails, plan.pairs, labels)
         else:
-            logits = np.stack([self._score_alone(heads[h] + tails[t], labels) for h, t in plan.pairs])
-        return logits.reshape(len(prompt_arrays), len(examples), len(labels))
-
-    @staticmethod
-    def _parts(parts: list[Part], prompts: list[np.ndarray]) -> list[np.ndarray]:
-        """Non-empty parts as arrays: int32 token ids (n,) or float32 embeddings (n, hidden)."""
-        arrays = [prompts[part] if isinstance(part, int) else np.asarray(part, dtype=np.int32) for part in parts]
-        return [array for array in arrays if len(array)]
+            logits = np.stack([self._score_alone(plan.heads[h] + plan.tails[t], labels) for h, t in plan.pairs])
+        return plan.by_candidate(logits)
 
     def _score_shared(self, heads, tails, pairs, labels: np.ndarray) -> np.ndarray:
         logits = np.empty((len(pairs), len(labels)), dtype=np.float32)
@@ -223,31 +215,31 @@ class LlamaCppBackend:
             loads.append(current)
         return loads
 
-    def _score_alone(self, parts: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
+    def _score_alone(self, pieces: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
         ll.llama_memory_clear(self._memory, True)
-        return self._decode([(0, 0, parts)], labels)[0]
+        return self._decode([(0, 0, pieces)], labels)[0]
 
     def _decode(self, items: list[tuple[int, int, list[np.ndarray]]], labels: np.ndarray) -> np.ndarray:
-        """Decode (sequence, first position, parts) items, part by part across items, in full batches.
+        """Decode (sequence, first position, pieces) items, piece by piece across items, in full batches.
 
         Returns the label logits at each item's last token (items in order). A batch holds token ids or
-        embeddings, not both, so each round of parts is sent as ids first, then as embeddings.
+        embeddings, not both, so each round of pieces is sent as ids first, then as embeddings.
         """
         out = np.empty((len(items), len(labels)), dtype=np.float32)
         positions = [start for _, start, _ in items]
-        for round_index in range(max(len(parts) for _, _, parts in items)):
+        for round_index in range(max(len(pieces) for _, _, pieces in items)):
             for embedded in (False, True):
                 batch = self._embedding_view if embedded else self._token_view
-                for item, (seq, _, parts) in enumerate(items):
-                    if round_index >= len(parts) or (parts[round_index].ndim == 2) != embedded:
+                for item, (seq, _, pieces) in enumerate(items):
+                    if round_index >= len(pieces) or (pieces[round_index].ndim == 2) != embedded:
                         continue
-                    part, last = parts[round_index], round_index == len(parts) - 1
-                    for start in range(len(part)):
+                    piece, last = pieces[round_index], round_index == len(pieces) - 1
+                    for start in range(len(piece)):
                         if batch.full():
                             self._run(batch, out, labels)
-                        output = item if last and start == len(part) - 1 else -1
-                        batch.add(part[start], positions[item] + start, seq, output)
-                    positions[item] += len(part)
+                        output = item if last and start == len(piece) - 1 else -1
+                        batch.add(piece[start], positions[item] + start, seq, output)
+                    positions[item] += len(piece)
                 if batch.count:
                     self._run(batch, out, labels)
         return out
@@ -301,67 +293,5 @@ class _Batch:
         self.outputs = []
 
 
-def _length(parts: list[np.ndarray]) -> int:
-    return sum(len(part) for part in parts)
-
-
-def _embedding_tensor(path: Path) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
-    """The token embedding matrix as stored (memory-mapped rows, quantized or not) and its type.
-
-    Reads only the file's header: gguf.GGUFReader would also parse the whole vocabulary into arrays,
-    which takes seconds and about 150 MB for SmolLM2 on a small device.
-    """
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    if bytes(data[:4]) != b"GGUF":
-        raise LlamaError(f"{path} is not a GGUF file")
-    offset = 8
-    tensor_count, kv_count = np.frombuffer(data, np.uint64, 2, offset).tolist()
-    offset += 16
-    alignment = 32
-    for _ in range(kv_count):
-        key, offset = _string(data, offset)
-        kind = int(np.frombuffer(data, np.uint32, 1, offset)[0])
-        if key == "general.alignment":
-            alignment = int(np.frombuffer(data, np.uint32, 1, offset + 4)[0])
-        offset = _skip_value(data, offset + 4, kind)
-    found = None
-    for _ in range(tensor_count):
-        name, offset = _string(data, offset)
-        n_dims = int(np.frombuffer(data, np.uint32, 1, offset)[0])
-        dims = np.frombuffer(data, np.uint64, n_dims, offset + 4).tolist()
-        kind = int(np.frombuffer(data, np.uint32, 1, offset + 4 + 8 * n_dims)[0])
-        start = int(np.frombuffer(data, np.uint64, 1, offset + 8 + 8 * n_dims)[0])
-        offset += 16 + 8 * n_dims
-        if name == "token_embd.weight":
-            found = (dims, gguf.GGMLQuantizationType(kind), start)
-    if found is None:
-        raise LlamaError(f"{path} has no token_embd.weight tensor")
-    (width, rows), kind, start = found
-    block, block_bytes = gguf.GGML_QUANT_SIZES[kind]
-    row_bytes = width // block * block_bytes
-    begin = -(-offset // alignment) * alignment + start
-    return data[begin : begin + rows * row_bytes].reshape(rows, row_bytes), kind
-
-
-_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
-
-
-def _string(data: np.ndarray, offset: int) -> tuple[str, int]:
-    length = int(np.frombuffer(data, np.uint64, 1, offset)[0])
-    return bytes(data[offset + 8 : offset + 8 + length]).decode("utf-8", "replace"), offset + 8 + length
-
-
-def _skip_value(data: np.ndarray, offset: int, kind: int) -> int:
-    if kind == _STRING:
-        return offset + 8 + int(np.frombuffer(data, np.uint64, 1, offset)[0])
-    if kind == _ARRAY:
-        item = int(np.frombuffer(data, np.uint32, 1, offset)[0])
-        count = int(np.frombuffer(data, np.uint64, 1, offset + 4)[0])
-        offset += 12
-        if item in _SCALAR_BYTES:
-            return offset + count * _SCALAR_BYTES[item]
-        for _ in range(count):
-            offset = _skip_value(data, offset, item)
-        return offset
-    return offset + _SCALAR_BYTES[kind]
+def _length(pieces: list[np.ndarray]) -> int:
+    return sum(len(piece) for piece in pieces)
