@@ -34,3 +34,40 @@ def test_a_few_cma_es_iterations_lower_the_training_loss(model):
     before = objective(state.mean[None])[0]
     update = local_search(state, objective, SearchSpec(population=5, iterations=4), 7, "p", 16, float(before))
     assert update.fitness < before
+
+
+# Longer runs on the real model: `pytest -m slow` (a few minutes on 2 cores).
+
+
+@pytest.mark.slow
+def test_a_simulated_federation_on_the_real_model_returns_a_prompt_no_worse_than_its_start(tmp_path):
+    from fedbpt.simulate import simulate
+    from fedbpt.spec import replace
+
+    spec = replace(
+        JobSpec(),
+        federation={"parties": 3, "rounds": 3},
+        search={"iterations": 2},
+        data={"examples_per_party": 16, "eval_examples": 200},
+    )
+    results = simulate(spec, load_backend("smollm2-135m", threads=2), tmp_path / "run.json")
+    assert results["status"] == "finished"
+    start_loss = results["rounds"][0]["loss"]
+    assert results["prompt"]["loss"] <= start_loss  # best-so-far: the returned prompt's pooled loss
+    assert results["final_accuracy"] >= results["zero_shot"] - 0.02  # a broken pipeline falls to chance
+    assert len((tmp_path / "run.events.jsonl").read_text().splitlines()) == len(results["rounds"]) + 2
+
+
+@pytest.mark.slow
+def test_fedbpt_local_runs_the_main_jobs_federation_on_the_real_model(tmp_path):
+    import subprocess
+
+    from fedbpt.job import LearnedPrompt
+
+    command = ["fedbpt", "local", "--parties", "3", "--rounds", "1", "--iterations", "2", "--examples-per-party", "16"]
+    command += ["--eval-examples", "90", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "round   1  search  pooled loss" in result.stdout
+    prompt = LearnedPrompt.load(tmp_path / "prompt.json")
+    assert prompt.spec.pinned and prompt.spec.model.name == "smollm2-135m"
