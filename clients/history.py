@@ -45,7 +45,7 @@ def history_lines(job: str, history: dict) -> list[str]:
     accuracy = {entry["round"]: entry for entry in history["accuracy"]}
     best = history["best"]
     returns = f"; returns the prompt after round {best['round']} (pooled loss {best['loss']:.4f})" if best else ""
-    lines = [f"job {job}: {ending(history)}{returns}"]
+    lines = [f"job {job}: {ending(history)}{returns}; losses are pooled over the parties, lower is better"]
     records = history["rounds"]
     if history["start"] and not any(record["kind"] == "start" for record in records):
         lines.append(f"  round   0  start   {history['start']!r}, the only candidate{accuracy_note(accuracy, 0)}")

@@ -39,7 +39,6 @@ import random
 import re
 import resource
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -52,6 +51,7 @@ import httpx
 import numpy as np
 from _common import wait_until_ready
 
+from clients.local import free_port
 from fedbpt.protocol import encode_vector
 from fedbpt.spec import from_dict, to_dict
 
@@ -107,12 +107,6 @@ class Recorder:
             started = time.perf_counter()
             await asyncio.sleep(period)
             self.lag.append(time.perf_counter() - started - period)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def skip_sniffio_search() -> None:

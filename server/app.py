@@ -142,7 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
 
     app.add_middleware(Timed)
-    app.add_middleware(BodyLimit)  # added last, so it runs first: refused bodies are not timed
+    app.add_middleware(BodyLimit)  # refused bodies are not timed
+    app.add_middleware(errors.OneLineStartupError)
     return app
 
 

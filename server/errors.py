@@ -1,4 +1,5 @@
-"""One JSON error shape for every failure: {"error": {"status", "code", "message"}}."""
+"""One JSON error shape for every failure: {"error": {"status", "code", "message"}}; a startup that fails on an
+ordinary mistake is one log line."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from fedbpt.errors import UserError
 
 
 class Refusal(Exception):
@@ -48,3 +52,34 @@ def install(app: FastAPI) -> None:
     async def http_error(_: Request, error: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return error_response(error.status_code, code, str(error.detail))
+
+
+class OneLineStartupError:
+    """Reports a startup that fails on an ordinary mistake (a ``UserError``: no prompt file, no model) as one
+    line, ``error: ...``, where uvicorn would log Starlette's traceback of it."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            return await self.app(scope, receive, send)
+        failure = None
+
+        async def hold_startup_failure(message: dict) -> None:
+            nonlocal failure
+            if message["type"] == "lifespan.startup.failed":
+                failure = message
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, hold_startup_failure)
+        except UserError as error:
+            if failure is None:
+                raise
+            await send({"type": "lifespan.startup.failed", "message": f"error: {error}"})
+        except BaseException:
+            if failure is not None:
+                await send(failure)
+            raise

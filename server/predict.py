@@ -20,7 +20,6 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fedbpt.data import Example
 from fedbpt.errors import UserError
@@ -167,37 +166,6 @@ async def prompt(request: Request) -> ServedPrompt:
     )
 
 
-class OneLineStartupError:
-    """Reports a startup that fails on an ordinary mistake (a ``UserError``: no prompt file, no model) as one
-    line, ``error: ...``, where uvicorn would log Starlette's traceback of it."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            return await self.app(scope, receive, send)
-        failure = None
-
-        async def hold_startup_failure(message: dict) -> None:
-            nonlocal failure
-            if message["type"] == "lifespan.startup.failed":
-                failure = message
-            else:
-                await send(message)
-
-        try:
-            await self.app(scope, receive, hold_startup_failure)
-        except UserError as error:
-            if failure is None:
-                raise
-            await send({"type": "lifespan.startup.failed", "message": f"error: {error}"})
-        except BaseException:
-            if failure is not None:
-                await send(failure)
-            raise
-
-
 def create_predict_app(settings: PredictSettings | None = None) -> FastAPI:
     """The app; without ``settings`` they are read from the environment when it starts."""
 
@@ -222,7 +190,7 @@ def create_predict_app(settings: PredictSettings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     app.add_middleware(BodyLimit)
-    app.add_middleware(OneLineStartupError)
+    app.add_middleware(errors.OneLineStartupError)
     return app
 
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedbpt.errors import UserError
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -25,7 +27,7 @@ class Settings:
     def from_env(cls) -> Settings:
         token = os.environ.get("FEDBPT_ADMIN_TOKEN", "")
         if len(token) < 16:
-            raise RuntimeError(
+            raise UserError(
                 "FEDBPT_ADMIN_TOKEN must be set to a secret of at least 16 characters, for example: "
                 'export FEDBPT_ADMIN_TOKEN=$(python -c "import secrets; print(secrets.token_urlsafe(32))")'
             )

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -1013,3 +1016,11 @@ def test_docs_and_unknown_routes(client):
     assert "/v1/jobs/{job_id}/rounds/{round_number}/reports" in client.get("/openapi.json").json()["paths"]
     assert_error(client.get("/v1/nothing-here"), 404, "not_found")
     assert_error(client.delete("/v1/jobs", headers=admin_headers()), 405, "method_not_allowed")
+
+
+def test_a_server_started_without_an_admin_token_says_so_in_one_line(tmp_path):
+    env = {**os.environ, "FEDBPT_ADMIN_TOKEN": "short", "FEDBPT_DB": str(tmp_path / "db")}
+    command = [sys.executable, "-m", "uvicorn", "server.app:app", "--port", "0"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "ERROR:    error: FEDBPT_ADMIN_TOKEN must be set to a secret of at least 16 characters" in result.stderr
