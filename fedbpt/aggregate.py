@@ -47,8 +47,7 @@ def validate_update(update: Update, dim: int, iterations: int) -> None:
     sigmas = np.asarray((*update.sigmas, update.sigma), dtype=float)
     if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0) or np.any(sigmas > MAX_SIGMA):
         raise InvalidUpdate(f"every sigma must be finite, positive and at most {MAX_SIGMA:g}")
-    if not (_is_integer(update.fitness) or isinstance(update.fitness, float)) or not math.isfinite(update.fitness):
-        raise InvalidUpdate("fitness must be a finite number")
+    _check_loss("fitness", update.fitness)  # a loss, or FedBPT's ratio of two losses
     _check_loss("loss", update.loss)
     _check_examples(update.n_examples)
 

@@ -35,6 +35,8 @@ SEARCHES = ("cma-es", "zo-sgd")
 STEP_RULES = ("code", "paper")
 PARTITIONS = ("iid", "dirichlet")
 WIRES = ("float16", "float32")
+MAX_ROUNDS = 100_000
+LAST_ROUND = MAX_ROUNDS + 1  # the final scoring round of the longest job: every round number is in [0, this]
 
 
 class SpecError(UserError, ValueError):
@@ -101,7 +103,7 @@ class SearchSpec:
 @dataclass(frozen=True, config=STRICT)
 class FederationSpec:
     parties: int = Field(10, ge=1, le=100_000, description="parties (and data shards) in the job")
-    rounds: int = Field(8, ge=1, le=100_000, description="search rounds")
+    rounds: int = Field(8, ge=1, le=MAX_ROUNDS, description="search rounds")
     parties_per_round: int = Field(0, ge=0, le=100_000, description="a round closes at this many reports; 0 = all")
     quorum: int = Field(0, ge=0, le=100_000, description="after the deadline, close at this many; 0 = per round")
     deadline_s: float = Field(600.0, gt=0, le=7 * 24 * 3600, description="round deadline in seconds")

@@ -270,35 +270,35 @@ def load_task_file(path: Path) -> Task:
         spec = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         raise TaskError(f"task file {path} cannot be parsed: {error}") from None
-    return task_from_dict(spec, path.parent, str(path))
+    return task_from_dict(spec, path.parent, f"task file {path}")
 
 
 def task_from_dict(spec: object, data_dir: Path, origin: str) -> Task:
     """A user task from a task file's parsed content; data paths are relative to ``data_dir``."""
     if not isinstance(spec, dict):
-        raise TaskError(f"task file {origin} must hold a table/object of settings")
+        raise TaskError(f"{origin} must hold a table/object of settings")
     required = ["name", "template", "train", "eval", "text_column", "label_column", "labels"]
     missing = [key for key in required if key not in spec]
     if missing:
-        raise TaskError(f"task file {origin} is missing {missing}; required keys: {required}")
+        raise TaskError(f"{origin} is missing {missing}; required keys: {required}")
     unknown = set(spec) - {*required, "instruction", "text_pair_column"}
     if unknown:
-        raise TaskError(f"task file {origin} has unknown keys {sorted(unknown)}")
+        raise TaskError(f"{origin} has unknown keys {sorted(unknown)}")
     text_keys = [*required[:-1], *(key for key in ("instruction", "text_pair_column") if key in spec)]
     not_text = [key for key in text_keys if not isinstance(spec[key], str)]
     if not_text:
-        raise TaskError(f"task file {origin}: {not_text} must be strings")
+        raise TaskError(f"{origin}: {not_text} must be strings")
     labels = spec["labels"]
     if not isinstance(labels, dict) or len(labels) < 2:
         raise TaskError(
-            f"task file {origin}: 'labels' must map each label value in the data to a verbalizer word, "
+            f"{origin}: 'labels' must map each label value in the data to a verbalizer word, "
             "and a task needs at least two labels"
         )
     values = [str(value) for value in labels]
     pair = spec.get("text_pair_column")
     if bool(pair) != ("{text_pair}" in spec["template"]):
         raise TaskError(
-            f"task file {origin}: a sentence-pair task needs both text_pair_column and {{text_pair}} in "
+            f"{origin}: a sentence-pair task needs both text_pair_column and {{text_pair}} in "
             "the template; a single-text task has neither"
         )
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from fedbpt.objective import STARTS
 from fedbpt.rounds import KINDS
-from fedbpt.spec import JobSpec, from_dict
+from fedbpt.spec import LAST_ROUND, JobSpec, from_dict
 
 Status = Literal["running", "finished", "cancelled"]
 
@@ -89,25 +89,25 @@ class SearchReport(Strict):
     """A search round's report: the party's update (``fedbpt.aggregate.Update``)."""
 
     kind: Literal["search"]
-    round: int = Field(ge=0)
+    round: int = Field(ge=0, le=LAST_ROUND)
     loss: float = Field(description="the party's training loss of the round's global prompt")
     mean: str | list[float] = Field(description="base64 little-endian floats of the job's wire, or a list")
     sigmas: list[float] = Field(min_length=1, max_length=10_000)
     sigma: float
     fitness: float
     n_examples: int = Field(ge=1, le=100_000_000)
-    evaluations: int = Field(0, ge=0)
-    seconds: float = Field(0.0, ge=0)
+    evaluations: int = Field(0, ge=0, le=10**12)
+    seconds: float = Field(0.0, ge=0, le=1e7)
 
 
 class ScoresReport(Strict):
     """A scoring round's report: the party's training loss of each candidate (``fedbpt.aggregate.Scores``)."""
 
     kind: Literal["scores"]
-    round: int = Field(ge=0)
+    round: int = Field(ge=0, le=LAST_ROUND)
     losses: list[float] = Field(min_length=1, max_length=len(STARTS))
     n_examples: int = Field(ge=1, le=100_000_000)
-    seconds: float = Field(0.0, ge=0)
+    seconds: float = Field(0.0, ge=0, le=1e7)
 
 
 Report = Annotated[SearchReport | ScoresReport, Field(discriminator="kind")]

@@ -186,7 +186,9 @@ class Coordinator:
 
     # parties
     def _reserve(self, job_id: str, name: str, token: str | None) -> None:
-        self.job(job_id)
+        job = self.job(job_id)
+        if job["status"] != "running":
+            raise Refusal(409, "job_not_running", f"job {job_id} is {job['status']}: it takes no new parties")
         if self.store.party(job_id, name) is not None:
             raise Refusal(409, "party_exists", f"job {job_id} already has a party named {name!r}; pick another name")
         self.store.add_party(job_id, name, token and token_hash(token), self.clock())

@@ -360,7 +360,7 @@ class BadReport:
     status: int
     code: str
     phrase: str
-    path_round: int = 2  # the open round
+    path_round: int | str = 2  # the open round
     path_job: str | None = None  # None: the fixture's job
 
 
@@ -403,6 +403,18 @@ BAD_REPORTS = [
     BadReport("stale_round", changed(round=1), 409, "stale_round", "open round is 2", path_round=1),
     BadReport("future_round", changed(round=3), 409, "future_round", "not open yet", path_round=3),
     BadReport("negative_round", changed(round=-1), 422, "invalid_request", "round", path_round=-1),
+    # Found by a probe of a live server: a round past SQLite's integers was a 500, a float path taken as round 2,
+    # a huge fitness overflowed the round's mean to Infinity.
+    BadReport(
+        "round_past_int64", changed(round=2**63), 422, "invalid_request", "less than or equal to", path_round=2**63
+    ),
+    BadReport(
+        "round_as_a_float_in_the_path", lambda body: body, 422, "invalid_request", "round_number", path_round="2.0"
+    ),
+    BadReport("fitness_huge", changed(fitness=1e308), 422, "invalid_report", "fitness must be a finite number in [0"),
+    BadReport("fitness_negative", changed(fitness=-1.0), 422, "invalid_report", "fitness must be a finite number"),
+    BadReport("seconds_huge", changed(seconds=1e308), 422, "invalid_request", "seconds"),
+    BadReport("evaluations_huge", changed(evaluations=10**30), 422, "invalid_request", "evaluations"),
     BadReport("unknown_job", lambda body: body, 403, "wrong_job", "another job", path_job=UNKNOWN_JOB),
     BadReport("body_too_large", changed(mean=[0.25] * 4000), 413, "body_too_large", "FEDBPT_MAX_BODY_BYTES"),
     BadReport("malformed_json", raw('{"round": 2, "mean": '), 422, "invalid_request", "not valid JSON"),
@@ -703,6 +715,9 @@ def test_evaluations_are_stored_once_per_prompt_round_and_pooled_in_the_history(
     assert_error(beyond, 422, "no_such_prompt", "3 search rounds")
     too_high = client.post(path.format(0), json={**report, "accuracy": 1.5}, headers=bearer(tokens["a"]))
     assert_error(too_high, 422, "invalid_request", "accuracy")
+    for bad_round in (-1, -(2**63) - 1, 2**63):  # once stored as round -1, or a 500 from SQLite
+        refused = client.post(path.format(bad_round), json=report, headers=bearer(tokens["a"]))
+        assert_error(refused, 422, "invalid_request", "round_number")
     assert client.post(path.format(0), json=report, headers=bearer(tokens["a"])).status_code == 201
     assert client.post(path.format(0), json=report, headers=bearer(tokens["a"])).status_code == 200
     changed_report = client.post(path.format(0), json={**report, "accuracy": 0.5}, headers=bearer(tokens["a"]))
@@ -1024,3 +1039,11 @@ def test_a_server_started_without_an_admin_token_says_so_in_one_line(tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "ERROR:    error: FEDBPT_ADMIN_TOKEN must be set to a secret of at least 16 characters" in result.stderr
+
+
+def test_a_cancelled_job_takes_no_new_parties(client):
+    job_id, _ = new_job(client)
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=admin_headers()).status_code == 200
+    for route in ("parties", "enrollments"):
+        refused = client.post(f"/v1/jobs/{job_id}/{route}", json={"name": "late"}, headers=admin_headers())
+        assert_error(refused, 409, "job_not_running", "it takes no new parties")

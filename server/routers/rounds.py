@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import BeforeValidator
 
+from fedbpt.spec import LAST_ROUND
 from server.auth import coordinator, current_party, job_party
 from server.errors import Refusal
 from server.schemas import Accepted, EvaluationIn, Me, Report, RoundInfo, Spec
 from server.service import Coordinator
 
 router = APIRouter(prefix="/v1", tags=["rounds"])
+
+
+def _digits(value: object) -> object:
+    """A round in the path is written in digits: "2.0" or "+2" is not round 2."""
+    if isinstance(value, str) and not value.isdigit():
+        raise ValueError(f"a round number is written in digits, such as 2; got {value!r}")
+    return value
+
+
+RoundNumber = Annotated[int, BeforeValidator(_digits), Path(ge=0, le=LAST_ROUND)]
 
 
 @router.get("/me")
@@ -29,8 +42,8 @@ def spec(job_id: str, service: Coordinator = Depends(coordinator)) -> Spec:
 async def current_round(
     job_id: str,
     request: Request,
-    after: int = Query(-1, description="wait while the open round is at most this"),
-    wait: float = Query(0.0, ge=0, description="seconds to hold the request waiting for a newer round"),
+    after: int = Query(-1, ge=-1, le=LAST_ROUND, description="wait while the open round is at most this"),
+    wait: float = Query(0.0, ge=0, le=86_400, description="seconds to hold the request waiting for a newer round"),
     party: dict = Depends(job_party),
     service: Coordinator = Depends(coordinator),
 ) -> Response:
@@ -54,7 +67,7 @@ async def submit_report(
     job_id: str,
     report: Report,
     response: Response,
-    round_number: int = Path(ge=0),
+    round_number: RoundNumber,
     party: dict = Depends(job_party),
     service: Coordinator = Depends(coordinator),
 ) -> Accepted:
@@ -73,7 +86,7 @@ async def submit_evaluation(
     job_id: str,
     evaluation: EvaluationIn,
     response: Response,
-    round_number: int = Path(ge=0, description="the round after which the evaluated prompt was the global one"),
+    round_number: RoundNumber,  # the round after which the evaluated prompt was the global one
     party: dict = Depends(job_party),
     service: Coordinator = Depends(coordinator),
 ) -> dict:
