@@ -8,6 +8,7 @@ start round, best-so-far, backtracking) is in ``fedbpt.rounds``.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -71,6 +72,35 @@ def distinct_parties(reports: list) -> None:
 def pooled(values: list[float], n_examples: list[int]) -> float:
     """The example-weighted mean: what the value would be on all the parties' examples together."""
     return float(np.average(values, weights=n_examples))
+
+
+def trimmed_pooled(values: list[float], n_examples: list[int], trim: float) -> float:
+    """The example-weighted mean of the values left after dropping the ``trim`` share of reports at each end: a
+    party reporting a fake loss cannot move it past the honest ones."""
+    order = np.argsort(values, kind="stable")
+    cut = int(trim * len(values))
+    kept = order[cut : len(values) - cut]
+    return pooled([values[i] for i in kept], [n_examples[i] for i in kept])
+
+
+def clipped(updates: list[Update], center: np.ndarray) -> list[Update]:
+    """The updates with each mean's move from ``center`` (the round's global mean) clipped to the median move:
+    one party cannot drag the new mean further than a typical party goes."""
+    moves = [update.mean - center for update in updates]
+    bound = float(np.median([np.linalg.norm(move) for move in moves]))
+    scaled = []
+    for update, move in zip(updates, moves, strict=True):
+        norm = float(np.linalg.norm(move))
+        factor = 1.0 if norm <= bound or norm == 0 else bound / norm
+        scaled.append(replace(update, mean=center + factor * move))
+    return scaled
+
+
+def trimmed_mean(vectors: np.ndarray, trim: float) -> np.ndarray:
+    """The coordinate-wise mean after dropping the ``trim`` share of the highest and lowest values in each."""
+    cut = int(trim * len(vectors))
+    ordered = np.sort(vectors, axis=0)
+    return ordered[cut : len(vectors) - cut].mean(axis=0)
 
 
 def log_weights(count: int) -> np.ndarray:

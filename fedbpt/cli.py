@@ -71,20 +71,29 @@ def simulate(
     threads: int = THREADS,
     eval_every: int = typer.Option(1, min=1, help="score the global prompt on the held-out set every N rounds"),
     out: Path = typer.Option(Path("runs/simulation.json"), help="results JSON, rewritten after every round"),
+    attack: str = typer.Option(None, help="make some parties lie, to measure robust aggregation: fake-loss, negate"),
+    attackers: int = typer.Option(2, min=1, help="with --attack: how many parties lie (party-0, party-1, ...)"),
 ):
     """Run a federation of parties in one process on a real model and print the learning curve.
 
     The returned prompt (the best by the parties' pooled training loss) is written beside the results as
     OUT with the suffix .prompt.json, for ``fedbpt evaluate`` and ``fedbpt predict``.
     """
+    from fedbpt.attacks import Attack
+    from fedbpt.errors import OptionError
     from fedbpt.job import preflight
     from fedbpt.models import load_backend
     from fedbpt.results import returned_prompt, summary, summary_line
     from fedbpt.simulate import simulate as run
 
+    lying = None
+    if attack is not None:
+        if attackers >= spec.federation.parties:
+            raise OptionError(f"--attackers must be fewer than the {spec.federation.parties} parties, got {attackers}")
+        lying = Attack(attack, tuple(range(attackers)))
     preflight(spec)
     backend = load_backend(spec.model.name, dtype=dtype, threads=threads or None)
-    results = run(spec, backend, out, eval_every)
+    results = run(spec, backend, out, eval_every, lying)
     typer.echo(summary(results))
     typer.echo(f"results written to {out} (events: {out.with_suffix('.events.jsonl')})")
     prompt = returned_prompt(results, spec)

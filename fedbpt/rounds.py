@@ -88,15 +88,15 @@ def close(spec: JobSpec, state: GlobalState, reports: list[Update | Scores]) -> 
     }
     if record["kind"] == "start":
         losses = {
-            start: aggregate.pooled([report.losses[i] for report in reports], counts)
+            start: pooled_loss(spec, [report.losses[i] for report in reports], counts)
             for i, start in enumerate(spec.prompt.starts)
         }
         chosen = min(spec.prompt.starts, key=lambda start: losses[start])  # ties: the first listed
         best = Best(0, state.mean, losses[chosen])
         record |= {"start_losses": losses, "start": chosen, "loss": losses[chosen]}
         return replace(state, round=1, start=chosen, best=best), record | {"best_round": 0}
-    loss = aggregate.pooled(
-        [report.losses[0] if isinstance(report, Scores) else report.loss for report in reports], counts
+    loss = pooled_loss(
+        spec, [report.losses[0] if isinstance(report, Scores) else report.loss for report in reports], counts
     )
     best, worse = state.best, False
     if best is not None and state.mean_round == best.round:  # the best re-scored: keep its latest measurement
@@ -113,12 +113,7 @@ def close(spec: JobSpec, state: GlobalState, reports: list[Update | Scores]) -> 
         following = state.round + (2 if state.round == spec.federation.rounds else 1)
         record |= {"backtracked": True, "sigma": sigma}
         return replace(state, round=following, mean=best.mean, sigma=sigma, mean_round=best.round, best=best), record
-    if spec.federation.aggregator == "fedavg":
-        mean, sigma = aggregate.fedavg(reports)
-    else:
-        mean, sigma = aggregate.fedbpt(
-            state.sigma, reports, spec.federation.ranking, spec.search.step_rule, spec.search.population
-        )
+    mean, sigma = new_mean(spec, state, reports)
     sigma = max(sigma, spec.search.step_floor)
     record |= {
         "sigma": sigma,
@@ -127,6 +122,29 @@ def close(spec: JobSpec, state: GlobalState, reports: list[Update | Scores]) -> 
     }
     new = replace(state, round=state.round + 1, mean=on_wire(mean, spec.wire), sigma=sigma, mean_round=state.round)
     return replace(new, best=best), record
+
+
+def pooled_loss(spec: JobSpec, losses: list[float], counts: list[int]) -> float:
+    """The parties' pooled loss of a prompt: example-weighted, trimmed under a robust rule."""
+    if spec.federation.robust == "none":
+        return aggregate.pooled(losses, counts)
+    return aggregate.trimmed_pooled(losses, counts, spec.federation.trim)
+
+
+def new_mean(spec: JobSpec, state: GlobalState, updates: list[Update]) -> tuple[np.ndarray, float]:
+    """The next global mean and step from a search round's updates, by the job's aggregator and robust rule."""
+    federation = spec.federation
+    if federation.robust == "clip":
+        updates = aggregate.clipped(updates, state.mean)
+    if federation.aggregator == "fedavg":
+        mean, sigma = aggregate.fedavg(updates)
+    else:
+        mean, sigma = aggregate.fedbpt(
+            state.sigma, updates, federation.ranking, spec.search.step_rule, spec.search.population
+        )
+    if federation.robust == "trimmed":
+        mean = aggregate.trimmed_mean(np.stack([update.mean for update in updates]), federation.trim)
+    return mean, sigma
 
 
 def round_message(spec: JobSpec, state: GlobalState) -> dict:

@@ -16,8 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from fedbpt import rounds
+from fedbpt.attacks import Attack, attacked
 from fedbpt.backends import Backend
-from fedbpt.federation import Federation, prepare, round_parties, zero_shot
+from fedbpt.federation import Federation, party_seed, prepare, round_parties, zero_shot
 from fedbpt.protocol import GlobalState, encode_vector
 from fedbpt.results import finishing, write_json
 from fedbpt.search import respond
@@ -37,15 +38,23 @@ def downlink(spec: JobSpec, state: GlobalState) -> dict:
 
 
 def play_round(
-    spec: JobSpec, federation: Federation, state: GlobalState, progress: Callable[[], object] = lambda: None
+    spec: JobSpec,
+    federation: Federation,
+    state: GlobalState,
+    progress: Callable[[], object] = lambda: None,
+    attack: Attack | None = None,
 ) -> tuple[GlobalState, dict]:
-    """One round: its parties respond to it and ``rounds.close`` merges their reports. The record also holds the
-    bytes a party sent and received, the queries the parties made and the round's time."""
+    """One round: its parties respond to it (the ``attack``'s parties dishonestly) and ``rounds.close`` merges
+    their reports. The record also holds the bytes a party sent and received, the queries the parties made and
+    the round's time."""
     started = time.perf_counter()
     reports = []
     for index in round_parties(spec, state.round):
         party = federation.parties[index]
-        reports.append(respond(spec, state, federation.model, party.examples, party.labels, int(index), party.name))
+        report = respond(spec, state, federation.model, party.examples, party.labels, int(index), party.name)
+        if attack is not None and index in attack.parties:
+            report = attacked(attack.kind, report, state, party_seed(spec.seed, int(index), state.round))
+        reports.append(report)
         progress()
     down = len(json.dumps(downlink(spec, state)))
     up = int(np.mean([len(json.dumps(rounds.report_body(spec, report))) for report in reports]))
@@ -64,8 +73,10 @@ def start_round(spec: JobSpec, federation: Federation) -> tuple[GlobalState, dic
     return play_round(spec, federation, state)
 
 
-def simulate(spec: JobSpec, backend: Backend, out: Path | None = None, eval_every: int = 1) -> dict:
-    """Run the federation; return (and write to ``out``) the results.
+def simulate(
+    spec: JobSpec, backend: Backend, out: Path | None = None, eval_every: int = 1, attack: Attack | None = None
+) -> dict:
+    """Run the federation (with ``attack``, some parties lie); return (and write to ``out``) the results.
 
     The global prompt is scored on the held-out set after every ``eval_every`` rounds, and the prompt the
     run returns (the best by pooled training loss) always.
@@ -83,6 +94,7 @@ def simulate(spec: JobSpec, backend: Backend, out: Path | None = None, eval_ever
         "party_examples": [len(party.labels) for party in parties],
         "party_class_histogram": federation.histogram.tolist(),
         "provenance": provenance(),
+        "attack": attack and {"kind": attack.kind, "parties": list(attack.parties)},
         "rounds": [],
         "accuracy": {},  # held-out accuracy of the prompt after round k, by k (calibrated when the spec calibrates)
         "accuracies": {},  # the same, raw and calibrated
@@ -114,7 +126,7 @@ def simulate(spec: JobSpec, backend: Backend, out: Path | None = None, eval_ever
     bar = tqdm(total=total, desc="party rounds", unit="party")
     with finishing(results, save, bar, started):
         while not rounds.finished(spec, state):
-            state, record = play_round(spec, federation, state, bar.update)
+            state, record = play_round(spec, federation, state, bar.update, attack)
             if record["kind"] == "start" or (record["kind"] == "search" and record["round"] % eval_every == 0):
                 record["accuracy"] = evaluate(state, state.mean, state.mean_round)
             record["elapsed"] = time.perf_counter() - started

@@ -34,6 +34,7 @@ RANKINGS = ("examples", "fitness", "all")
 SEARCHES = ("cma-es", "zo-sgd")
 STEP_RULES = ("code", "paper")
 PARTITIONS = ("iid", "dirichlet")
+ROBUST_RULES = ("none", "clip", "trimmed")
 WIRES = ("float16", "float32")
 MAX_ROUNDS = 100_000
 LAST_ROUND = MAX_ROUNDS + 1  # the final scoring round of the longest job: every round number is in [0, this]
@@ -109,6 +110,12 @@ class FederationSpec:
     deadline_s: float = Field(600.0, gt=0, le=7 * 24 * 3600, description="round deadline in seconds")
     aggregator: Literal[AGGREGATORS] = Field("fedbpt", description="fedbpt, or fedavg (FedAvg-BBT)")
     ranking: Literal[RANKINGS] = Field("examples", description="how fedbpt ranks and weights the parties' means")
+    robust: Literal[ROBUST_RULES] = Field(
+        "none",
+        description="none; clip: each mean's move clipped to the median move, the pooled loss trimmed; "
+        "trimmed: a coordinate-wise trimmed mean of the means, the pooled loss trimmed",
+    )
+    trim: float = Field(0.2, ge=0, lt=0.5, description="robust rules: share of reports trimmed at each end")
 
     def __post_init__(self) -> None:
         if self.per_round > self.parties:

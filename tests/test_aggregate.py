@@ -247,3 +247,31 @@ def test_malformed_wire_updates_are_invalid_updates(data, reason):
 def test_a_vector_of_a_broken_length_is_a_malformed_mean():
     with pytest.raises(InvalidUpdate, match="malformed mean"):
         Update.from_dict({**GOOD, "mean": "AAAA"})  # 3 bytes: not a whole number of float32 values
+
+
+# robust rules
+
+
+def test_a_trimmed_pooled_loss_drops_the_extremes_before_weighting():
+    losses, examples = [0.001, 0.5, 0.6, 0.55, 9.0], [10, 10, 30, 10, 10]
+    assert aggregate.trimmed_pooled(losses, examples, 0.2) == pytest.approx(
+        np.average([0.5, 0.6, 0.55], weights=[10, 30, 10])
+    )
+    assert aggregate.trimmed_pooled(losses, examples, 0.0) == pytest.approx(aggregate.pooled(losses, examples))
+    assert aggregate.trimmed_pooled(losses, examples, 0.1) == pytest.approx(aggregate.pooled(losses, examples))  # 0 cut
+
+
+def test_clipping_bounds_each_move_to_the_median_move():
+    center = np.full(DIM, 0.5)
+    moves = [np.eye(DIM)[0] * size for size in (1.0, 2.0, 3.0, 100.0)]
+    clipped = aggregate.clipped([update(f"p{i}", center + move) for i, move in enumerate(moves)], center)
+    norms = [np.linalg.norm(u.mean - center) for u in clipped]
+    np.testing.assert_allclose(norms, [1.0, 2.0, 2.5, 2.5])  # the median of 1, 2, 3, 100 is 2.5
+    np.testing.assert_allclose(clipped[3].mean - center, np.eye(DIM)[0] * 2.5)  # the direction is kept
+    assert [u.party for u in clipped] == ["p0", "p1", "p2", "p3"] and clipped[0].fitness == 1.0
+
+
+def test_a_trimmed_mean_ignores_one_wild_mean_per_coordinate():
+    vectors = np.array([[1.0, -1.0], [2.0, -2.0], [3.0, -3.0], [1e4, 1e4], [2.5, -2.5]])
+    np.testing.assert_allclose(aggregate.trimmed_mean(vectors, 0.2), [2.5, -5.5 / 3])  # one dropped at each end
+    np.testing.assert_allclose(aggregate.trimmed_mean(vectors, 0.0), vectors.mean(axis=0))

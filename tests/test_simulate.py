@@ -7,6 +7,7 @@ import pytest
 
 from fedbpt import results as results_module
 from fedbpt import rounds, simulate
+from fedbpt.attacks import Attack
 from fedbpt.data import Example
 from fedbpt.federation import round_parties
 from fedbpt.protocol import decode_vector
@@ -212,3 +213,37 @@ def test_with_a_validation_share_the_best_is_compared_on_the_held_back_examples(
     assert first["scored_round"] == 0
     assert first["loss"] != pytest.approx(results["rounds"][0]["loss"])  # the start round used every example
     assert results["prompt"]["loss"] <= first["loss"]
+
+
+def attack_spec(robust: str):
+    small = {"parties": 5, "rounds": 2, "robust": robust, "trim": 0.2}
+    return from_dict(
+        {
+            "prompt": {"dim": 16, "n_tokens": 2},
+            "search": {"population": 4, "iterations": 2},
+            "federation": small,
+            "data": {"examples_per_party": 6, "eval_examples": 20},
+        }
+    )
+
+
+def test_a_party_faking_a_near_zero_loss_steers_the_plain_pooled_loss_but_not_the_trimmed_one(backend):
+    liar = Attack("fake-loss", (0,))
+    plain = simulate.simulate(attack_spec("none"), backend, attack=liar)
+    honest = simulate.simulate(attack_spec("none"), backend)
+    robust = simulate.simulate(attack_spec("trimmed"), backend, attack=liar)
+    start = [record for record in honest["rounds"] if record["kind"] == "start"][0]
+    faked = [record for record in plain["rounds"] if record["kind"] == "start"][0]
+    trimmed = [record for record in robust["rounds"] if record["kind"] == "start"][0]
+    assert all(faked["start_losses"][name] < start["start_losses"][name] for name in start["start_losses"])
+    assert all(trimmed["start_losses"][name] > faked["start_losses"][name] for name in start["start_losses"])
+    assert plain["attack"] == {"kind": "fake-loss", "parties": [0]} and honest["attack"] is None
+
+
+def test_the_fake_mean_lands_in_the_plain_global_mean_and_not_in_the_clipped_one(backend):
+    liar = Attack("fake-loss", (0,))
+    plain = simulate.simulate(attack_spec("none"), backend, attack=liar)
+    clipped = simulate.simulate(attack_spec("clip"), backend, attack=liar)
+    first = lambda results: next(r for r in results["rounds"] if r["kind"] == "search")  # noqa: E731
+    assert first(plain)["mean_norm"] > 100  # the liar's mean has norm 5,000 and the best fake fitness
+    assert first(clipped)["mean_norm"] < 10
