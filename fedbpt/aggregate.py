@@ -13,8 +13,8 @@ from dataclasses import replace
 import numpy as np
 
 from fedbpt.protocol import InvalidUpdate, Scores, Update
+from fedbpt.spec import MAX_NORM
 
-MAX_NORM = 1e4
 MAX_SIGMA = 1e3
 MAX_LOSS = 1e6
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedbpt.aggregate import MAX_NORM
 from fedbpt.errors import OptionError
 from fedbpt.protocol import GlobalState, Scores, Update
+from fedbpt.spec import MAX_NORM
 
 ATTACKS = ("fake-loss", "negate")
 FAKE_LOSS = 1e-3

@@ -25,6 +25,7 @@ from fedbpt.spec import JobSpec, SpecError, from_dict, load, to_dict
 PINNED = {("model", "identity"), ("model", "hidden_size"), ("prompt", "scale"), ("prompt", "fingerprint")}
 NOT_FLAGS = PINNED | {("prompt", "initial")}  # --start-from sets it from a prompt file
 FLAG_NAMES = {("", "name"): "job_name", ("model", "name"): "model", ("search", "method"): "search"}
+FLAG_NAMES |= {("privacy", key): f"privacy_{key}" for key in ("clip", "loss_clip", "noise", "delta", "epsilon")}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from fedbpt import aggregate
+from fedbpt import aggregate, privacy
 from fedbpt.protocol import Best, GlobalState, InvalidUpdate, Scores, Update, decode_vector, encode_vector, on_wire
 from fedbpt.spec import JobSpec
 
@@ -86,6 +86,8 @@ def close(spec: JobSpec, state: GlobalState, reports: list[Update | Scores]) -> 
         "parties": [report.party for report in reports],
         "n_examples": int(sum(counts)),
     }
+    if privacy.enabled(spec):
+        record["epsilon"] = privacy.epsilon_after_round(spec, state.round)
     if record["kind"] == "start":
         losses = {
             start: pooled_loss(spec, [report.losses[i] for report in reports], counts)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import cma
 import numpy as np
 
-from fedbpt import rounds
+from fedbpt import privacy, rounds
 from fedbpt.backends import EncodedExample
 from fedbpt.data import validation_split
 from fedbpt.federation import party_seed
@@ -87,6 +87,20 @@ def local_search(
 
 
 def respond(
+    spec: JobSpec,
+    state: GlobalState,
+    model: PromptedModel,
+    examples: list[EncodedExample],
+    labels: np.ndarray,
+    party_index: int,
+    party: str,
+) -> Update | Scores:
+    """This party's report for the open round (``honest_report``), clipped and noised when the job is private."""
+    report = honest_report(spec, state, model, examples, labels, party_index, party)
+    return privacy.privatized(spec, state, report) if privacy.enabled(spec) else report
+
+
+def honest_report(
     spec: JobSpec,
     state: GlobalState,
     model: PromptedModel,

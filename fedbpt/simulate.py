@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fedbpt import rounds
+from fedbpt import privacy, rounds
 from fedbpt.attacks import Attack, attacked
 from fedbpt.backends import Backend
 from fedbpt.federation import Federation, party_seed, prepare, round_parties, zero_shot
@@ -82,6 +82,7 @@ def simulate(
     run returns (the best by pooled training loss) always.
     """
     started = time.perf_counter()
+    privacy.check_budget(spec)
     federation = prepare(spec, backend)
     model, parties = federation.model, federation.parties
     results = {

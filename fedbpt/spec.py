@@ -37,6 +37,7 @@ PARTITIONS = ("iid", "dirichlet")
 ROBUST_RULES = ("none", "clip", "trimmed")
 WIRES = ("float16", "float32")
 MAX_ROUNDS = 100_000
+MAX_NORM = 1e4  # the largest prompt vector a party may send (fedbpt.aggregate refuses longer ones)
 LAST_ROUND = MAX_ROUNDS + 1  # the final scoring round of the longest job: every round number is in [0, this]
 
 
@@ -147,6 +148,19 @@ class DataSpec:
 
 
 @dataclass(frozen=True, config=STRICT)
+class PrivacySpec:
+    """Differential privacy on uploads: each party clips what it sends and adds Gaussian noise before sending."""
+
+    clip: float = Field(
+        0.0, ge=0, le=MAX_NORM, description="a party's move from the global mean is clipped to this norm; 0 = off"
+    )
+    loss_clip: float = Field(2.0, gt=0, le=1e3, description="each loss (and fitness) reported is clipped to [0, this]")
+    noise: float = Field(1.0, gt=0, le=1e3, description="Gaussian noise std per release, in units of its clip")
+    delta: float = Field(1e-5, gt=0, lt=1, description="the delta epsilon is reported at")
+    epsilon: float = Field(0.0, ge=0, le=1e6, description="the job's privacy budget at delta; 0 = no budget")
+
+
+@dataclass(frozen=True, config=STRICT)
 class JobSpec:
     task: str | dict[str, Any] = Field("sst2", description="a built-in task, a task file's path, or its content")
     name: str = Field("", max_length=200)
@@ -156,6 +170,7 @@ class JobSpec:
     search: SearchSpec = field(default_factory=SearchSpec)
     federation: FederationSpec = field(default_factory=FederationSpec)
     data: DataSpec = field(default_factory=DataSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
     wire: Literal[WIRES] = Field("float16", description="precision of the vectors on the wire")
 
     @field_validator("task")
@@ -210,7 +225,7 @@ def to_dict(spec: JobSpec) -> dict:
     return ADAPTER.dump_python(spec, mode="json")
 
 
-SECTIONS = ("model", "prompt", "search", "federation", "data")
+SECTIONS = ("model", "prompt", "search", "federation", "data", "privacy")
 
 
 def replace(spec: JobSpec, **changes: dict | Any) -> JobSpec:

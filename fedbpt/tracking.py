@@ -17,7 +17,7 @@ from pathlib import Path
 
 PACKAGES = ("fedbpt", "numpy", "cma", "torch", "transformers", "llama_cpp_python", "fastapi", "tensorboard")
 # What a round event holds: the record's own keys, then the accuracy and the traffic.
-ROUND_KEYS = ("round", "kind", "loss", "accuracy", "sigma", "best_round", "backtracked", "seconds")
+ROUND_KEYS = ("round", "kind", "loss", "accuracy", "sigma", "best_round", "backtracked", "seconds", "epsilon")
 
 
 def provenance() -> dict:

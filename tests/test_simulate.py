@@ -247,3 +247,12 @@ def test_the_fake_mean_lands_in_the_plain_global_mean_and_not_in_the_clipped_one
     first = lambda results: next(r for r in results["rounds"] if r["kind"] == "search")  # noqa: E731
     assert first(plain)["mean_norm"] > 100  # the liar's mean has norm 5,000 and the best fake fitness
     assert first(clipped)["mean_norm"] < 10
+
+
+def test_a_private_federation_records_the_epsilon_spent_after_each_round(backend, tmp_path):
+    spec = replace(attack_spec("none"), privacy={"clip": 0.5, "noise": 1.0})
+    results = simulate.simulate(spec, backend, tmp_path / "private.json")
+    spent = [record["epsilon"] for record in results["rounds"]]
+    assert len(spent) == len(results["rounds"]) and spent == sorted(spent) and spent[0] > 0
+    events = [json.loads(line) for line in (tmp_path / "private.events.jsonl").read_text().splitlines()]
+    assert [event["epsilon"] for event in events if event["event"] == "round"] == spent
