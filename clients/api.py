@@ -1,9 +1,10 @@
 """The server's HTTP API as Python calls, with retries: used by the clients and the admin commands.
 
-Connection errors and 5xx answers are retried with exponential backoff (a restarting server is
-ridden out); 4xx answers raise ``ServerRefused`` with the server's message. Every write is idempotent on
-the server (an identical resend is accepted as a duplicate), so retrying a POST whose answer was lost
-is safe.
+Connection errors, 5xx answers, 408 (a body too slow to arrive) and 429 (an address refused for a while after
+failed authentications, which a neighbour behind the same address may cause) are retried with exponential
+backoff, for at least the ``Retry-After`` a 429 gives (a restarting server is ridden out); other 4xx answers raise
+``ServerRefused`` with the server's message. Every write is idempotent on the server (an identical resend is
+accepted as a duplicate), so retrying a POST whose answer was lost is safe.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import httpx
 from fedbpt.errors import UserError
 
 RETRY_FOR_S = 600.0
+RETRIED = (408, 429)  # the 4xx answers that a later try may not get
 
 
 class ServerRefused(UserError, RuntimeError):
@@ -54,9 +56,11 @@ class Api:
                     ) from None
                 problem = f"{type(error).__name__}: {error}"
             else:
-                if response.status_code < 500:
+                if response.status_code < 500 and response.status_code not in RETRIED:
                     return self._parsed(response)
                 problem = f"HTTP {response.status_code}"
+                if response.headers.get("Retry-After", "").isdigit():
+                    delay = max(delay, float(response.headers["Retry-After"]))
             if time.monotonic() + delay > give_up:
                 raise ServerUnavailable(
                     f"server at {self.http.base_url} unavailable for {self.retry_for_s:.0f} s: check the URL and that "
@@ -111,6 +115,10 @@ class Api:
 
     def cancel(self, job: str) -> dict:
         return self.request("POST", f"/v1/jobs/{job}/cancel")
+
+    def revoke(self, job: str, party: str) -> dict:
+        """Revoke the party's token (and its unredeemed enrollment secrets)."""
+        return self.request("DELETE", f"/v1/jobs/{job}/parties/{party}/token")
 
     # results (administrator or the job's parties)
     def history(self, job: str) -> dict:

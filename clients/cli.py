@@ -1,6 +1,6 @@
 """The whole ``fedbpt`` command line: ``fedbpt.cli``'s offline commands plus those that talk to a server.
 
-``client`` joins a job as one party; ``job create|history|prompt|list|cancel`` administer jobs. The ``fedbpt``
+``client`` joins a job as one party; ``job create|history|prompt|list|cancel|revoke`` administer jobs. The ``fedbpt``
 console script runs this app (``python -m clients.cli`` does too).
 """
 
@@ -143,6 +143,23 @@ def job_cancel(
     """Cancel a running job: its parties stop at their next request, and its best prompt stays downloadable."""
     cancelled = _ask(server, admin_token, ca_bundle, retry_for, lambda api: api.cancel(job))
     typer.echo(f"job {job} cancelled at round {cancelled['round']} ({cancelled['kind']})")
+
+
+@job_app.command("revoke")
+def job_revoke(
+    job: str = JOB,
+    party: str = typer.Argument(..., help="the party's name"),
+    server: str = SERVER,
+    admin_token: str = ADMIN_TOKEN,
+    ca_bundle: str = CA_BUNDLE,
+    retry_for: float = RETRY_FOR,
+):
+    """Revoke a party's token (and any enrollment secret of it not yet redeemed): it stops working at once."""
+    _ask(server, admin_token, ca_bundle, retry_for, lambda api: api.revoke(job, party))
+    typer.echo(
+        f"party {party} of job {job}: token revoked. To let it rejoin, issue it a new token or enrollment secret: "
+        f'POST /v1/jobs/{job}/parties (or /enrollments) with {{"name": "{party}"}}'
+    )
 
 
 @app.command()

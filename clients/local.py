@@ -47,8 +47,9 @@ def start_server(out: Path, port: int, admin_token: str) -> subprocess.Popen:
         "FEDBPT_EVENTS_DIR": str(out / "events"),
     }
     command = [sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1", "--port", str(port)]
+    options = ["--timeout-keep-alive", "5", "--log-level", "warning"]  # idle connections close after 5 s
     with (out / "server.log").open("w") as log:
-        return subprocess.Popen([*command, "--log-level", "warning"], env=env, stdout=log, stderr=log)
+        return subprocess.Popen([*command, *options], env=env, stdout=log, stderr=log)
 
 
 def wait_ready(url: str, server: subprocess.Popen, log: Path) -> None:

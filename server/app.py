@@ -8,15 +8,17 @@ import gc
 import logging
 import time
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import errors
+from server import auth, errors
 from server.events import RoundEvents
 from server.journal import Journal, configure_logging
 from server.metrics import Metrics
+from server.ratelimit import PROBES, AuthFailureLimit, FailureLimiter
 from server.routers import jobs, ops, results, rounds
 from server.service import Coordinator
 from server.settings import Settings
@@ -25,8 +27,16 @@ from server.store import Store
 logger = logging.getLogger("fedbpt.server")
 
 
+SMALL_BODY_BYTES = 16 * 1024  # read before the token is checked (a party's report is about 4 KB)
+TOKENLESS_ROUTES = frozenset({"/v1/enroll", *PROBES})
+
+
 class BodyLimit:
-    """Refuses request bodies over the settings' limit with a 413, whether or not they declare a length."""
+    """Reads each request's body before the app sees it, and refuses without reading the rest of it: a body over
+    the settings' limit, declared or not (413); one that has not arrived within ``body_timeout_s`` (408: a stalled
+    or trickling client must not hold a connection); and, before reading a body of unknown length or over
+    ``SMALL_BODY_BYTES``, one whose bearer token is no one's (401), so that strangers cannot make the server read
+    megabytes. The routes' own dependencies then check the token as before."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -34,19 +44,26 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = scope["app"].state.settings.max_body_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await self._refuse(limit, scope, receive, send)
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > limit:
-                return await self._refuse(limit, scope, receive, send)
+        state, headers = scope["app"].state, dict(scope["headers"])
+        limit = state.settings.max_body_bytes
+        declared = headers.get(b"content-length", b"")
+        length = int(declared) if declared.isdigit() else None
+        if length is not None and length > limit:
+            return await self._too_large(limit, scope, receive, send)
+        unknown_length = length is None and b"transfer-encoding" in headers
+        if (unknown_length or (length or 0) > SMALL_BODY_BYTES) and scope["path"] not in TOKENLESS_ROUTES:
+            authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+            refusal = auth.refusal_before_body(authorization, state.settings, state.coordinator)
+            if refusal is not None:
+                return await _refuse_unread(refusal.status, refusal.code, refusal.message, scope, receive, send)
+        try:
+            async with asyncio.timeout(state.settings.body_timeout_s):
+                body = await self._read(receive, limit)
+        except TimeoutError:
+            message = f"the body did not arrive within {state.settings.body_timeout_s:g} s (FEDBPT_BODY_TIMEOUT_S)"
+            return await _refuse_unread(408, "body_timeout", message, scope, receive, send)
+        if body is None:
+            return await self._too_large(limit, scope, receive, send)
         replayed = False
 
         async def replay() -> dict:
@@ -59,9 +76,30 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     @staticmethod
-    async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _read(receive: Receive, limit: int) -> bytes | None:
+        """The whole body, or None as soon as it exceeds ``limit``."""
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                return None
+        return body
+
+    @staticmethod
+    async def _too_large(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"request body exceeds {limit} bytes (FEDBPT_MAX_BODY_BYTES)"
         await errors.error_response(413, "body_too_large", message)(scope, receive, send)
+
+
+async def _refuse_unread(status: int, code: str, message: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer a request whose body is left unread, and close the connection rather than drain the rest of it."""
+    response = errors.error_response(status, code, message)
+    response.headers["Connection"] = "close"
+    await response(scope, receive, send)
 
 
 class Timed:
@@ -109,12 +147,31 @@ async def _close_overdue_rounds(app: FastAPI) -> None:
         await asyncio.sleep(app.state.settings.deadline_check_s)
 
 
+FASTAPIS_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's OpenAPI schema without the 422 it adds to every route with parameters: that one documents
+    ``HTTPValidationError``, a shape this server never sends. Each route documents its own refusals in the one
+    error shape (``server.schemas.refusals``)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        for operation in (operation for path in schema["paths"].values() for operation in path.values()):
+            fastapis = operation["responses"].get("422", {}).get("content", {}).get("application/json", {})
+            if fastapis.get("schema") == FASTAPIS_422:
+                del operation["responses"]["422"]
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(name, None)
+    return app.openapi_schema
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; without ``settings`` they are read from the environment when it starts."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings or Settings.from_env()
+        app.state.auth_failures = FailureLimiter(app.state.settings.auth_failures, app.state.settings.auth_window_s)
         app.state.store = Store(app.state.settings.database)
         app.state.events.bind(asyncio.get_running_loop())
         configure_logging()
@@ -138,11 +195,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.events = RoundEvents()
     errors.install(app)
+    app.openapi = partial(_openapi, app)
     for module in (jobs, rounds, results, ops):
         app.include_router(module.router)
 
     app.add_middleware(Timed)
     app.add_middleware(BodyLimit)  # refused bodies are not timed
+    app.add_middleware(AuthFailureLimit)  # outside BodyLimit: its 401s count too
     app.add_middleware(errors.OneLineStartupError)
     return app
 

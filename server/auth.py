@@ -9,6 +9,7 @@ import hmac
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from server.errors import Refusal
 from server.service import Coordinator
@@ -36,6 +37,24 @@ def _is_admin(token: str, config: Settings) -> bool:
     return hmac.compare_digest(token.encode(), config.admin_token.encode())
 
 
+def _unknown(token: str, service: Coordinator, message: str) -> Refusal:
+    """The 401 for a token that is no one's: it says so when the token is a revoked party token."""
+    if service.was_revoked(token):
+        return Refusal(401, "revoked_token", "this party token was revoked; ask the administrator for a new one")
+    return Refusal(401, "bad_token", message)
+
+
+def refusal_before_body(authorization: str | None, config: Settings, service: Coordinator) -> Refusal | None:
+    """For a request whose body is not read yet: a 401 unless it sends the administrator's or a party's token.
+    The route's own dependency still checks that it is the right one."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    if scheme.lower() != "bearer" or not token:
+        return Refusal(401, "missing_token", "send 'Authorization: Bearer <token>'")
+    if _is_admin(token, config) or service.party_for_token(token) is not None:
+        return None
+    return _unknown(token, service, "unknown token; send the administrator token or a party token")
+
+
 async def require_admin(
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     config: Settings = Depends(settings),
@@ -46,7 +65,7 @@ async def require_admin(
         return
     if service.party_for_token(token) is not None:
         raise Refusal(403, "admin_only", "this route needs the administrator token, not a party token")
-    raise Refusal(401, "bad_token", "wrong administrator token")
+    raise _unknown(token, service, "wrong administrator token")
 
 
 async def current_party(
@@ -59,7 +78,7 @@ async def current_party(
     if party is None and _is_admin(token, config):
         raise Refusal(403, "party_only", "this route is for parties: use a party token, not the administrator's")
     if party is None:
-        raise Refusal(401, "bad_token", "unknown token; ask the administrator for a party token")
+        raise _unknown(token, service, "unknown token; ask the administrator for a party token")
     return party
 
 
@@ -82,6 +101,6 @@ async def job_reader(
         return
     party = service.party_for_token(token)
     if party is None:
-        raise Refusal(401, "bad_token", "unknown token; use the administrator token or a party token of this job")
+        raise _unknown(token, service, "unknown token; use the administrator token or a party token of this job")
     if party["job_id"] != job_id:
         raise Refusal(403, "wrong_job", f"this token belongs to another job, not to {job_id}")

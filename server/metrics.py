@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -19,4 +19,10 @@ class Metrics:
         )
         self.latency = Histogram(
             "fedbpt_request_seconds", "Request latency", ["method", "route", "status"], registry=self.registry
+        )
+        self.epsilon = Gauge(
+            "fedbpt_privacy_epsilon",
+            "Privacy spent per party so far (epsilon at the job's delta), by job; only private jobs",
+            ["job"],
+            registry=self.registry,
         )

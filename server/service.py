@@ -7,10 +7,10 @@ happens completely or not at all, and nothing is answered before it is committed
 deterministic: the reports of a round are closed in party order, so a run resumed after a crash ends with
 the same prompt.
 
-Two in-memory caches answer the busiest reads without the store (and its lock): parties by token
-hash, and each job's current round (``RoundView``). They assume one server process, the only writer of
-the store. They are built from the store when the coordinator starts and change only after a commit,
-through ``Store.after_commit``, so they always equal the committed state.
+Two in-memory caches answer the busiest reads without the store (and its lock): parties by token hash (beside
+the hashes of revoked tokens), and each job's current round (``RoundView``). They assume one server process, the
+only writer of the store. They are built from the store when the coordinator starts and change only after a
+commit, through ``Store.after_commit``, so they always equal the committed state.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from fedbpt import rounds
+from fedbpt import privacy, rounds
+from fedbpt.errors import UserError
 from fedbpt.job import LearnedPrompt
 from fedbpt.protocol import GlobalState, InvalidUpdate
 from fedbpt.spec import JobSpec, from_dict, to_dict
@@ -87,6 +88,7 @@ class Coordinator:
         self.store, self.metrics, self.notify, self.journal, self.clock = store, metrics, notify, journal, clock
         self._specs: dict[str, JobSpec] = {}
         self._party_by_token = {party["token_hash"]: party for party in store.parties_with_tokens()}
+        self._revoked = set(store.revoked_token_hashes())
         self._rounds = {job["id"]: self._read_round(job["id"]) for job in store.jobs()}
 
     def _spec(self, job: dict) -> JobSpec:
@@ -160,6 +162,10 @@ class Coordinator:
                 "the spec is not pinned to a model (model.identity, prompt.fingerprint); create jobs with "
                 "'fedbpt job create', which loads the model and pins them",
             )
+        try:
+            privacy.check_budget(spec)
+        except UserError as error:
+            raise Refusal(422, "over_privacy_budget", str(error)) from None
         job_id = secrets.token_hex(6)
 
         def add() -> None:
@@ -186,12 +192,24 @@ class Coordinator:
 
     # parties
     def _reserve(self, job_id: str, name: str, token: str | None) -> None:
+        """Add the party, or give a party without a token (revoked, or not enrolled) a new token or secret."""
         job = self.job(job_id)
         if job["status"] != "running":
             raise Refusal(409, "job_not_running", f"job {job_id} is {job['status']}: it takes no new parties")
-        if self.store.party(job_id, name) is not None:
-            raise Refusal(409, "party_exists", f"job {job_id} already has a party named {name!r}; pick another name")
-        self.store.add_party(job_id, name, token and token_hash(token), self.clock())
+        party = self.store.party(job_id, name)
+        if party is None:
+            self.store.add_party(job_id, name, token and token_hash(token), self.clock())
+        elif party["token_hash"] is None:
+            self.store.withdraw_enrollments(job_id, name, self.clock())  # its older secrets give way to this one
+            if token:
+                self.store.set_party_token(job_id, name, token_hash(token))
+        else:
+            raise Refusal(
+                409,
+                "party_exists",
+                f"job {job_id} already has a party named {name!r} with a token; pick another name, or revoke its "
+                f"token first (fedbpt job revoke {job_id} {name})",
+            )
         if token:
             self._remember_party(job_id, name)
         self._journal(job_id, {"event": "party_added", "party": name, "by": "token" if token else "enrollment"})
@@ -201,15 +219,15 @@ class Coordinator:
         self.store.write(lambda: self._reserve(job_id, name, token))
         return {"job": job_id, "party": name, "token": token}
 
-    def add_enrollment(self, job_id: str, name: str) -> dict:
-        secret = "fbe_" + secrets.token_urlsafe(24)
+    def add_enrollment(self, job_id: str, name: str, lifetime_s: float) -> dict:
+        secret, expires = "fbe_" + secrets.token_urlsafe(24), self.clock() + lifetime_s
 
         def enroll() -> None:
             self._reserve(job_id, name, None)
-            self.store.add_enrollment(token_hash(secret), job_id, name)
+            self.store.add_enrollment(token_hash(secret), job_id, name, expires)
 
         self.store.write(enroll)
-        return {"job": job_id, "party": name, "secret": secret}
+        return {"job": job_id, "party": name, "secret": secret, "expires": expires}
 
     def redeem(self, secret: str) -> dict:
         token = "fbp_" + secrets.token_urlsafe(32)
@@ -222,6 +240,9 @@ class Coordinator:
             raise Refusal(401, "bad_secret", "unknown enrollment secret; ask the administrator for a new one")
         if enrollment["redeemed"] is not None:
             raise Refusal(409, "secret_used", "this enrollment secret was already redeemed; ask for a new one")
+        if enrollment["expires"] <= self.clock():
+            message = "this enrollment secret has expired; ask the administrator for a new one"
+            raise Refusal(401, "secret_expired", message)
         self.store.redeem(enrollment["secret_hash"], self.clock())
         self.store.set_party_token(enrollment["job_id"], enrollment["name"], token_hash(token))
         self._remember_party(enrollment["job_id"], enrollment["name"])
@@ -230,6 +251,32 @@ class Coordinator:
 
     def party_for_token(self, token: str) -> dict | None:
         return self._party_by_token.get(token_hash(token))
+
+    def was_revoked(self, token: str) -> bool:
+        return token_hash(token) in self._revoked
+
+    def revoke(self, job_id: str, name: str) -> dict:
+        """The party's token, and its unredeemed enrollment secrets, stop working at once; re-adding the party
+        (``add_party`` or ``add_enrollment``) lets it rejoin. Revoking again changes nothing."""
+        self.store.write(lambda: self._revoke(job_id, name))
+        return {"job": job_id, "party": name}
+
+    def _revoke(self, job_id: str, name: str) -> None:
+        self.job(job_id)
+        party = self.store.party(job_id, name)
+        if party is None:
+            raise Refusal(404, "unknown_party", f"job {job_id} has no party named {name!r}")
+        self.store.withdraw_enrollments(job_id, name, self.clock())
+        if party["token_hash"] is None:
+            return
+        self.store.revoke_token(job_id, name, party["token_hash"], self.clock())
+
+        def forget() -> None:
+            self._party_by_token.pop(party["token_hash"], None)
+            self._revoked.add(party["token_hash"])
+
+        self.store.after_commit(forget)
+        self._journal(job_id, {"event": "token_revoked", "party": name})
 
     # rounds
     def round_view(self, job_id: str) -> RoundView:
@@ -309,6 +356,8 @@ class Coordinator:
         self._refresh_round(job["id"])
         self.metrics.rounds.labels(reason).inc()
         self._journal(job["id"], {**round_event(record), "reason": reason})
+        if "epsilon" in record:
+            self.store.after_commit(lambda: self.metrics.epsilon.labels(job["id"]).set(record["epsilon"]))
         if status == "finished":
             self._journal(
                 job["id"], {"event": "job_ended", "status": status, "best_round": rounds.best_prompt(new).round}

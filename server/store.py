@@ -30,7 +30,10 @@ CREATE TABLE IF NOT EXISTS parties (
     created REAL NOT NULL, PRIMARY KEY (job_id, name)
 );
 CREATE TABLE IF NOT EXISTS enrollments (
-    secret_hash TEXT PRIMARY KEY, job_id TEXT NOT NULL, name TEXT NOT NULL, redeemed REAL
+    secret_hash TEXT PRIMARY KEY, job_id TEXT NOT NULL, name TEXT NOT NULL, redeemed REAL, expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked_tokens (
+    token_hash TEXT PRIMARY KEY, job_id TEXT NOT NULL, name TEXT NOT NULL, revoked REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS reports (
     job_id TEXT NOT NULL, round INTEGER NOT NULL, party TEXT NOT NULL, body TEXT NOT NULL,
@@ -45,7 +48,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     n_examples INTEGER NOT NULL, received REAL NOT NULL, PRIMARY KEY (job_id, round, party)
 );
 """
-SCHEMA_VERSION = 2  # 2: job specs are fedbpt.spec.JobSpec, reports of every round kind
+SCHEMA_VERSION = 3  # 2: job specs are fedbpt.spec.JobSpec, reports of every round kind; 3: secrets expire
 
 T = TypeVar("T")
 MAX_BATCH = 256  # units of work committed together at most (see Store.write)
@@ -70,10 +73,13 @@ class Store:
         self._writer.start()
 
     def _create_schema(self, path: str) -> None:
-        """Create the tables in a new database; refuse one that an older server wrote."""
+        """Create the tables in a new database, bring a schema 2 one up to date; refuse one that an older server
+        wrote."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
-        if tables and version != SCHEMA_VERSION:
+        if tables and version == 2:  # its enrollment secrets had no lifetime: they expire now
+            self._db.execute("ALTER TABLE enrollments ADD COLUMN expires REAL NOT NULL DEFAULT 0")
+        elif tables and version != SCHEMA_VERSION:
             self._db.close()
             raise StoreError(
                 f"database {path} was written by another version of the fedbpt server (schema {version}, this one "
@@ -170,7 +176,10 @@ class Store:
             self._db.execute(sql, args)
 
     def ping(self) -> None:
-        self._one("SELECT 1")
+        """Fails unless the database takes writes: its write lock is taken and released, nothing written."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
 
     # jobs
     def add_job(self, job_id: str, spec: dict, state: dict, now: float) -> None:
@@ -215,8 +224,31 @@ class Store:
     def parties(self, job_id: str) -> list[dict]:
         return self._all("SELECT name, idx, created FROM parties WHERE job_id = ? ORDER BY idx", job_id)
 
-    def add_enrollment(self, secret_hash: str, job_id: str, name: str) -> None:
-        self._run("INSERT INTO enrollments VALUES (?, ?, ?, NULL)", secret_hash, job_id, name)
+    def revoke_token(self, job_id: str, name: str, token_hash: str, now: float) -> None:
+        """The party's token stops authenticating; its hash is kept, so that it is refused as revoked."""
+        self._run("INSERT INTO revoked_tokens VALUES (?, ?, ?, ?)", token_hash, job_id, name, now)
+        self._run("UPDATE parties SET token_hash = NULL WHERE job_id = ? AND name = ?", job_id, name)
+
+    def revoked_token_hashes(self) -> list[str]:
+        return [row["token_hash"] for row in self._all("SELECT token_hash FROM revoked_tokens")]
+
+    def add_enrollment(self, secret_hash: str, job_id: str, name: str, expires: float) -> None:
+        self._run(
+            "INSERT INTO enrollments (secret_hash, job_id, name, expires) VALUES (?, ?, ?, ?)",
+            secret_hash,
+            job_id,
+            name,
+            expires,
+        )
+
+    def withdraw_enrollments(self, job_id: str, name: str, now: float) -> None:
+        """The party's unredeemed enrollment secrets expire now."""
+        self._run(
+            "UPDATE enrollments SET expires = MIN(expires, ?) WHERE job_id = ? AND name = ? AND redeemed IS NULL",
+            now,
+            job_id,
+            name,
+        )
 
     def enrollment(self, secret_hash: str) -> dict | None:
         return self._one("SELECT * FROM enrollments WHERE secret_hash = ?", secret_hash)

@@ -1047,3 +1047,15 @@ def test_a_cancelled_job_takes_no_new_parties(client):
     for route in ("parties", "enrollments"):
         refused = client.post(f"/v1/jobs/{job_id}/{route}", json={"name": "late"}, headers=admin_headers())
         assert_error(refused, 409, "job_not_running", "it takes no new parties")
+
+
+def test_a_private_job_reports_its_epsilon_and_one_over_its_budget_is_refused(client):
+    over = client.post(
+        "/v1/jobs", json=tiny_spec(privacy={"clip": 1.0, "noise": 0.5, "epsilon": 1.0}), headers=admin_headers()
+    )
+    assert_error(over, 422, "over_privacy_budget", "over its budget 1: use at most 0 rounds")
+    job_id, tokens = new_job(client, privacy={"clip": 1.0, "noise": 1.0})
+    play_round(client, job_id, tokens, 1)
+    spent = history(client, job_id)["rounds"][0]["epsilon"]
+    assert spent > 0
+    assert counter(client, "fedbpt_privacy_epsilon", job=job_id) == pytest.approx(spent)

@@ -90,3 +90,16 @@ def test_a_database_of_another_server_version_is_refused_and_a_new_one_reopens(t
     reopened = Store(str(tmp_path / "new.db"))
     assert reopened.jobs() == []
     reopened.close()
+
+
+def test_a_schema_2_database_is_brought_up_to_date_and_its_enrollment_secrets_expire(tmp_path):
+    path = tmp_path / "schema2.db"
+    Store(str(path)).close()
+    with sqlite3.connect(path) as database:  # as the schema 2 server left it: secrets without a lifetime
+        database.execute("DROP TABLE revoked_tokens")
+        database.execute("ALTER TABLE enrollments DROP COLUMN expires")
+        database.execute("INSERT INTO enrollments VALUES ('hash', 'job', 'edge', NULL)")
+        database.execute("PRAGMA user_version = 2")
+    store = Store(str(path))
+    assert store.enrollment("hash")["expires"] == 0 and store.revoked_token_hashes() == []
+    store.close()
