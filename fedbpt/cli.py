@@ -71,7 +71,9 @@ def simulate(
     threads: int = THREADS,
     eval_every: int = typer.Option(1, min=1, help="score the global prompt on the held-out set every N rounds"),
     out: Path = typer.Option(Path("runs/simulation.json"), help="results JSON, rewritten after every round"),
-    attack: str = typer.Option(None, help="make some parties lie, to measure robust aggregation: fake-loss, negate"),
+    attack: str = typer.Option(
+        None, help="make some parties lie, to measure robust aggregation: fake-loss, negate, quantized"
+    ),
     attackers: int = typer.Option(2, min=1, help="with --attack: how many parties lie (party-0, party-1, ...)"),
 ):
     """Run a federation of parties in one process on a real model and print the learning curve.

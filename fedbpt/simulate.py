@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from fedbpt import privacy, rounds
-from fedbpt.attacks import Attack, attacked
+from fedbpt.attacks import Attack, attacked, quantized_model
 from fedbpt.backends import Backend
 from fedbpt.federation import Federation, party_seed, prepare, round_parties, zero_shot
 from fedbpt.protocol import GlobalState, encode_vector
@@ -51,8 +52,10 @@ def play_round(
     reports = []
     for index in round_parties(spec, state.round):
         party = federation.parties[index]
-        report = respond(spec, state, federation.model, party.examples, party.labels, int(index), party.name)
-        if attack is not None and index in attack.parties:
+        lying = attack is not None and index in attack.parties
+        model = attack.model if lying and attack.model is not None else federation.model
+        report = respond(spec, state, model, party.examples, party.labels, int(index), party.name)
+        if lying:
             report = attacked(attack.kind, report, state, party_seed(spec.seed, int(index), state.round))
         reports.append(report)
         progress()
@@ -84,6 +87,8 @@ def simulate(
     started = time.perf_counter()
     privacy.check_budget(spec)
     federation = prepare(spec, backend)
+    if attack is not None and attack.kind == "quantized":
+        attack = replace(attack, model=quantized_model(spec, federation.model))
     model, parties = federation.model, federation.parties
     results = {
         "spec": to_dict(spec),
