@@ -188,7 +188,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="fedbpt server",
-        description="Coordinates black-box federated prompt tuning (FedBPT) jobs over HTTP.",
+        description="Coordinates black-box federated prompt tuning (FedBPT) jobs over HTTP. Every refusal is an "
+        '`Error`, `{"error": {"status", "code", "message"}}`; a method that a path does not list is '
+        "answered 405 with an `Allow` header.",
         version="0.1.0",
         lifespan=lifespan,
     )

@@ -3,6 +3,8 @@ ordinary mistake is one log line."""
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,8 +22,9 @@ class Refusal(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "code": code, "message": message}}, status_code=status)
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"status": status, "code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _explain(error: dict) -> str:
@@ -39,6 +42,26 @@ def _describe(errors: list[dict]) -> str:
     return "; ".join(_explain(error) for error in errors[:5])
 
 
+def _unparsable(cause: BaseException | None) -> str | None:
+    """Why a body that FastAPI could not parse is not JSON, for the causes that its generic 400 ("There was an
+    error parsing the body") hides; None for any other cause."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid JSON: it is not UTF-8 text (invalid byte at position {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the body is not valid JSON that can be read: its arrays or objects nest too deeply"
+    return None
+
+
+def _allowed_methods(request: Request, error: HTTPException) -> str:
+    """Every method of the request's path: the OpenAPI spec's for its path template (Starlette's own 405 names the
+    first matching route's alone: GET but not POST for /v1/jobs), or Starlette's for a route the spec leaves out."""
+    methods = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), request.scope["path"]):
+            methods |= {method.upper() for method in operations} | ({"HEAD"} if "get" in operations else set())
+    return ", ".join(sorted(methods)) if methods else (error.headers or {}).get("Allow", "")
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(Refusal)
     async def api_error(_: Request, error: Refusal) -> JSONResponse:
@@ -49,9 +72,14 @@ def install(app: FastAPI) -> None:
         return error_response(422, "invalid_request", _describe(error.errors()))
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(error.status_code, code, str(error.detail))
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 400 and (reason := _unparsable(error.__cause__)):  # FastAPI raises it "from" the cause
+            return error_response(422, "invalid_request", reason)
+        if error.status_code == 405:
+            message = f"{request.method} is not a method of {request.url.path}"
+            return error_response(405, "method_not_allowed", message, {"Allow": _allowed_methods(request, error)})
+        code = {404: "not_found"}.get(error.status_code, "http_error")
+        return error_response(error.status_code, code, str(error.detail), error.headers)
 
 
 class OneLineStartupError:

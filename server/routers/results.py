@@ -7,10 +7,10 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 
 from server.auth import coordinator, job_reader
-from server.schemas import Prompt
+from server.schemas import Prompt, refusals
 from server.service import Coordinator
 
-router = APIRouter(prefix="/v1", tags=["results"])
+router = APIRouter(prefix="/v1", tags=["results"], responses=refusals(401, 403, 404, 429))
 
 
 @router.get("/jobs/{job_id}/history", dependencies=[Depends(job_reader)])
@@ -20,7 +20,11 @@ def history(job_id: str, service: Coordinator = Depends(coordinator)) -> dict:
     return service.history(job_id)
 
 
-@router.get("/jobs/{job_id}/prompt", dependencies=[Depends(job_reader)])
+@router.get(
+    "/jobs/{job_id}/prompt",
+    dependencies=[Depends(job_reader)],
+    responses=refusals(409, 422, codes={409: "no_prompt_yet: the job is still choosing its start"}),
+)
 def prompt(job_id: str, which: Literal["best", "last"] = "best", service: Coordinator = Depends(coordinator)) -> Prompt:
     """The best prompt so far by pooled training loss (what a job returns), or the last global prompt, with the
     spec that rebuilds it: save it for ``fedbpt evaluate`` and ``fedbpt predict``."""

@@ -12,10 +12,11 @@ from pydantic import BeforeValidator
 from fedbpt.spec import LAST_ROUND
 from server.auth import coordinator, current_party, job_party
 from server.errors import Refusal
-from server.schemas import Accepted, EvaluationIn, Me, Report, RoundInfo, Spec
+from server.schemas import Accepted, EvaluationIn, Me, Report, RoundInfo, Spec, refusals
 from server.service import Coordinator
 
-router = APIRouter(prefix="/v1", tags=["rounds"])
+router = APIRouter(prefix="/v1", tags=["rounds"], responses=refusals(401, 403, 429))
+NOT_A_ROUTE = "not_found: the path names no route (a job id of another job is a 403)"
 
 
 def _digits(value: object) -> object:
@@ -33,12 +34,12 @@ async def me(party: dict = Depends(current_party)) -> Me:
     return Me(job=party["job_id"], party=party["name"], index=party["idx"])
 
 
-@router.get("/jobs/{job_id}/spec", dependencies=[Depends(job_party)])
+@router.get("/jobs/{job_id}/spec", dependencies=[Depends(job_party)], responses=refusals(404, codes={404: NOT_A_ROUTE}))
 def spec(job_id: str, service: Coordinator = Depends(coordinator)) -> Spec:
     return service.job(job_id)["spec"]
 
 
-@router.get("/jobs/{job_id}/round", response_model=RoundInfo)
+@router.get("/jobs/{job_id}/round", response_model=RoundInfo, responses=refusals(404, 422, codes={404: NOT_A_ROUTE}))
 async def current_round(
     job_id: str,
     request: Request,
@@ -62,7 +63,24 @@ async def current_round(
             pass
 
 
-@router.post("/jobs/{job_id}/rounds/{round_number}/reports", status_code=201)
+@router.post(
+    "/jobs/{job_id}/rounds/{round_number}/reports",
+    status_code=201,
+    responses={200: {"model": Accepted, "description": "this report again: nothing changes"}}
+    | refusals(
+        404,
+        408,
+        409,
+        413,
+        422,
+        codes={
+            404: NOT_A_ROUTE,
+            409: "stale_round, future_round: not the open round; conflicting_report: another report is in; "
+            "job_not_running",
+            422: "invalid_request; invalid_report: it does not fit the job or the round; round_mismatch",
+        },
+    ),
+)
 async def submit_report(
     job_id: str,
     report: Report,
@@ -72,7 +90,11 @@ async def submit_report(
     service: Coordinator = Depends(coordinator),
 ) -> Accepted:
     """Submit this party's report for the open round (201): its update in a search round, its losses in the start
-    and final rounds (``fedbpt.rounds.report_body``). Resending the same report answers 200."""
+    and final rounds (``fedbpt.rounds.report_body``). Resending the same report answers 200.
+
+    What the schema cannot say, because it depends on the job and its open round: the body's round is the path's,
+    its kind is the round's, ``mean`` has the job's prompt.dim numbers with a norm of at most 1e4, ``sigmas`` has
+    at most search.iterations entries and ``losses`` one per candidate of the round."""
     if report.round != round_number:
         raise Refusal(422, "round_mismatch", f"the body says round {report.round}, the path says {round_number}")
     accepted = await service.submit(job_id, party["name"], round_number, report.model_dump())
@@ -81,7 +103,23 @@ async def submit_report(
     return accepted
 
 
-@router.post("/jobs/{job_id}/rounds/{round_number}/evaluations", status_code=201)
+@router.post(
+    "/jobs/{job_id}/rounds/{round_number}/evaluations",
+    status_code=201,
+    responses={200: {"description": "this evaluation again: nothing changes"}}
+    | refusals(
+        404,
+        408,
+        409,
+        413,
+        422,
+        codes={
+            404: NOT_A_ROUTE,
+            409: "future_round: no prompt after that round yet; conflicting_evaluation",
+            422: "invalid_request; no_such_prompt: the job has fewer rounds",
+        },
+    ),
+)
 async def submit_evaluation(
     job_id: str,
     evaluation: EvaluationIn,
