@@ -147,24 +147,6 @@ async def _close_overdue_rounds(app: FastAPI) -> None:
         await asyncio.sleep(app.state.settings.deadline_check_s)
 
 
-FASTAPIS_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
-
-
-def _openapi(app: FastAPI) -> dict:
-    """FastAPI's OpenAPI schema without the 422 it adds to every route with parameters: that one documents
-    ``HTTPValidationError``, a shape this server never sends. Each route documents its own refusals in the one
-    error shape (``server.schemas.refusals``)."""
-    if app.openapi_schema is None:
-        schema = FastAPI.openapi(app)
-        for operation in (operation for path in schema["paths"].values() for operation in path.values()):
-            fastapis = operation["responses"].get("422", {}).get("content", {}).get("application/json", {})
-            if fastapis.get("schema") == FASTAPIS_422:
-                del operation["responses"]["422"]
-        for name in ("HTTPValidationError", "ValidationError"):
-            schema["components"]["schemas"].pop(name, None)
-    return app.openapi_schema
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; without ``settings`` they are read from the environment when it starts."""
 
@@ -197,7 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.events = RoundEvents()
     errors.install(app)
-    app.openapi = partial(_openapi, app)
+    app.openapi = partial(errors.openapi, app)
     for module in (jobs, rounds, results, ops):
         app.include_router(module.router)
 

@@ -111,3 +111,21 @@ class OneLineStartupError:
             if failure is not None:
                 await send(failure)
             raise
+
+
+FASTAPIS_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
+
+
+def openapi(app: FastAPI) -> dict:
+    """FastAPI's OpenAPI schema without the 422 it adds to every route with parameters: that one documents
+    ``HTTPValidationError``, a shape this server never sends. Each route documents its own refusals in the one
+    error shape (``server.schemas.refusals``)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        for operation in (operation for path in schema["paths"].values() for operation in path.values()):
+            fastapis = operation["responses"].get("422", {}).get("content", {}).get("application/json", {})
+            if fastapis.get("schema") == FASTAPIS_422:
+                del operation["responses"]["422"]
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(name, None)
+    return app.openapi_schema

@@ -12,6 +12,7 @@ import hmac
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,7 @@ from fedbpt.objective import PromptedModel
 from server import errors
 from server.app import BodyLimit
 from server.auth import bearer, bearer_token
+from server.schemas import refusals
 
 MAX_TEXT_CHARS = 4000  # about a thousand tokens: every built-in task's texts fit
 
@@ -135,7 +137,7 @@ async def require_token(request: Request, credentials: HTTPAuthorizationCredenti
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(require_token)])
 
 
-@router.post("/predict")
+@router.post("/predict", responses=refusals(401, 413, 422))
 async def predict(body: PredictRequest, request: Request) -> Predictions:
     """Each text's label and calibrated probabilities. Scoring runs in the threadpool, so that this CPU work does
     not stall the event loop, and one batch at a time, since the model is not thread-safe."""
@@ -150,7 +152,7 @@ async def predict(body: PredictRequest, request: Request) -> Predictions:
     return Predictions(predictions=predictions, model=served.model, task=task.name, round=served.prompt.round)
 
 
-@router.get("/prompt")
+@router.get("/prompt", responses=refusals(401))
 async def prompt(request: Request) -> ServedPrompt:
     """What is being served: the task and its labels, the model, and the prompt's start, round and loss."""
     served: Served = request.app.state.served
@@ -184,6 +186,7 @@ def create_predict_app(settings: PredictSettings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(router)
+    app.openapi = partial(errors.openapi, app)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict:
