@@ -66,16 +66,18 @@ def test_an_edge_client_trains_with_transformers_clients_and_imports_no_torch(tm
         job = admin.create_job(to_dict(spec))["id"]
         tokens = [admin.add_party(job, f"party-{i}")["token"] for i in range(3)]
         kinds = [("transformers", full), ("transformers", full), ("edge", quantized)]
+        logs = [(tmp_path / f"client-{shard}.out", tmp_path / f"client-{shard}.err") for shard in range(3)]
         for shard, ((kind, model), token) in enumerate(zip(kinds, tokens, strict=True)):
             command = client_command(kind, server, token, model, shard)
-            clients.append(
-                subprocess.Popen(command, cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            )
-        results = [client.communicate(timeout=300) for client in clients]
+            out, err = (path.open("w") for path in logs[shard])  # files, not pipes: -X importtime fills a pipe
+            clients.append(subprocess.Popen(command, cwd=ROOT, env=os.environ, stdout=out, stderr=err))
+        for client in clients:
+            client.wait(timeout=300)
+        results = [(out.read_text(), err.read_text()) for out, err in logs]
         for client, (out, err) in zip(clients, results, strict=True):
-            assert client.returncode == 0, err.decode()[-3000:]
-            assert "finished after round 2" in out.decode()  # the start round, a search round, the final round
-        edge_modules = imported_modules(results[2][1].decode())
+            assert client.returncode == 0, err[-3000:]
+            assert "finished after round 2" in out  # the start round, a search round, the final round
+        edge_modules = imported_modules(results[2][1])
         assert {"llama_cpp", "numpy", "cma", "httpx"} <= edge_modules
         assert not edge_modules & {"torch", "transformers", "accelerate", "safetensors"}
         history = admin.history(job)
