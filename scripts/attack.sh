@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The attack table: a 10-party SST-2 federation where 2 parties lie (fake-loss: a near-zero loss and a random
-# mean; negate: the opposite of their honest move), under each robust rule, against the attack-free run.
+# mean; negate: the opposite of their honest move; quantized: honest parties on a q4_0 copy of the model),
+# under each robust rule, against the attack-free run.
 # Prints one line per run, then for the robust default its worst attack:
 #   attack=<name> clean=<acc> attacked=<acc> drop_points=<x>
 #   bash scripts/attack.sh [seeds] [rules]     (default: "42" and "none clip trimmed")
-# About 3 minutes per run on 2 cores with the small settings below (9 runs per seed).
+# About 3-5 minutes per run on 2 cores with the small settings below (12 runs per seed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-42}
@@ -16,7 +17,7 @@ settings=(--task sst2 --parties 10 --examples-per-party 8 --rounds 3 --iteration
     --eval-examples 300 --threads 2)
 for seed in $seeds; do
     for rule in $rules; do
-        for attack in none fake-loss negate; do
+        for attack in none fake-loss negate quantized; do
             file="$out/$rule-$attack-$seed.json"
             [ -f "$file" ] && grep -q '"status": "finished"' "$file" && continue
             extra=()
@@ -31,17 +32,18 @@ import json, sys
 from pathlib import Path
 
 out, seeds, rules, default = Path(sys.argv[1]), sys.argv[2].split(), sys.argv[3].split(), sys.argv[4]
+ATTACKS = ("fake-loss", "negate", "quantized")
 def accuracy(rule, attack):
     runs = [json.loads((out / f"{rule}-{attack}-{seed}.json").read_text()) for seed in seeds]
     return sum(run["final_accuracy"] for run in runs) / len(runs)
 
 for rule in rules:
     clean = accuracy(rule, "none")
-    cells = "  ".join(f"{attack} {accuracy(rule, attack):.4f}" for attack in ("fake-loss", "negate"))
+    cells = "  ".join(f"{attack} {accuracy(rule, attack):.4f}" for attack in ATTACKS)
     print(f"robust={rule:8s} clean {clean:.4f}  {cells}  (seeds {' '.join(seeds)})")
 rule = default if default in rules else rules[0]
 clean = accuracy(rule, "none")
-worst = min(("fake-loss", "negate"), key=lambda attack: accuracy(rule, attack))
+worst = min(ATTACKS, key=lambda attack: accuracy(rule, attack))
 attacked = accuracy(rule, worst)
 print(f"attack={worst} clean={clean:.4f} attacked={attacked:.4f} drop_points={100 * (clean - attacked):.2f}")
 PY
