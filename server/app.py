@@ -7,11 +7,13 @@ import contextlib
 import gc
 import logging
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import auth, errors
@@ -38,8 +40,9 @@ class BodyLimit:
     ``SMALL_BODY_BYTES``, one whose bearer token is no one's (401), so that strangers cannot make the server read
     megabytes. The routes' own dependencies then check the token as before."""
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, refusal_before_body: Callable[[str | None, State], errors.Refusal | None]):
         self.app = app
+        self.refusal_before_body = refusal_before_body  # (the Authorization header, the app's state) -> a refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,7 +56,7 @@ class BodyLimit:
         unknown_length = length is None and b"transfer-encoding" in headers
         if (unknown_length or (length or 0) > SMALL_BODY_BYTES) and scope["path"] not in TOKENLESS_ROUTES:
             authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-            refusal = auth.refusal_before_body(authorization, state.settings, state.coordinator)
+            refusal = self.refusal_before_body(authorization, state)
             if refusal is not None:
                 return await _refuse_unread(refusal.status, refusal.code, refusal.message, scope, receive, send)
         try:
@@ -128,6 +131,10 @@ class Timed:
         latency.observe(time.perf_counter() - started)
 
 
+def _unknown_token(authorization: str | None, state: State) -> errors.Refusal | None:
+    return auth.refusal_before_body(authorization, state.settings, state.coordinator)
+
+
 def _tune_garbage_collector() -> None:
     """Keep the collector's pauses short. With a thousand parties the server holds some 100,000 objects for
     their connections and long-polls; with CPython's defaults a full collection walked them all every few
@@ -184,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
 
     app.add_middleware(Timed)
-    app.add_middleware(BodyLimit)  # refused bodies are not timed
+    app.add_middleware(BodyLimit, refusal_before_body=_unknown_token)  # refused bodies are not timed
     app.add_middleware(AuthFailureLimit)  # outside BodyLimit: its 401s count too
     app.add_middleware(errors.OneLineStartupError)
     return app

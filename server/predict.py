@@ -19,8 +19,10 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 
 from fedbpt.data import Example
 from fedbpt.errors import UserError
@@ -43,6 +45,7 @@ class PredictSettings:
     dtype: str = "bfloat16"
     threads: int = 0  # torch threads; 0 = torch's default
     max_body_bytes: int = 1 << 20
+    body_timeout_s: float = 10.0  # BodyLimit: longest a request body may take to arrive
     max_texts: int = 64  # per request
 
     def __post_init__(self) -> None:
@@ -66,6 +69,7 @@ class PredictSettings:
             dtype=os.environ.get("FEDBPT_DTYPE", cls.dtype),
             threads=int(os.environ.get("FEDBPT_THREADS", cls.threads)),
             max_body_bytes=int(os.environ.get("FEDBPT_MAX_BODY_BYTES", cls.max_body_bytes)),
+            body_timeout_s=float(os.environ.get("FEDBPT_BODY_TIMEOUT_S", cls.body_timeout_s)),
             max_texts=int(os.environ.get("FEDBPT_MAX_TEXTS", cls.max_texts)),
         )
 
@@ -128,10 +132,24 @@ class ServedPrompt(BaseModel):
     job: str
 
 
+def _wrong_token(token: str, settings: PredictSettings) -> errors.Refusal | None:
+    if hmac.compare_digest(token.encode(), settings.token.encode()):
+        return None
+    return errors.Refusal(401, "bad_token", "wrong token; use the one this server was started with")
+
+
+def _refusal_before_body(authorization: str | None, state: State) -> errors.Refusal | None:
+    """For BodyLimit: a large body is read only for the right token."""
+    scheme, token = get_authorization_scheme_param(authorization)
+    if scheme.lower() != "bearer" or not token:
+        return errors.Refusal(401, "missing_token", "send 'Authorization: Bearer <token>'")
+    return _wrong_token(token, state.settings)
+
+
 async def require_token(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)):
-    token = bearer_token(credentials)
-    if not hmac.compare_digest(token.encode(), request.app.state.settings.token.encode()):
-        raise errors.Refusal(401, "bad_token", "wrong token; use the one this server was started with")
+    refusal = _wrong_token(bearer_token(credentials), request.app.state.settings)
+    if refusal is not None:
+        raise refusal
 
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[Depends(require_token)])
@@ -192,7 +210,7 @@ def create_predict_app(settings: PredictSettings | None = None) -> FastAPI:
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, refusal_before_body=_refusal_before_body)
     app.add_middleware(errors.OneLineStartupError)
     return app
 
