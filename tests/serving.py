@@ -16,6 +16,7 @@ from fedbpt.spec import from_dict, replace, to_dict
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
+FEDBPT = str(Path(sys.executable).with_name("fedbpt"))  # the console script beside this Python, on PATH or not
 
 
 class ServerProcess:

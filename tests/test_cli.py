@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from serving import ADMIN_TOKEN, ServerProcess
+from serving import ADMIN_TOKEN, FEDBPT, ServerProcess
 from typer.testing import CliRunner
 
 from fedbpt.job import LearnedPrompt
@@ -162,7 +162,7 @@ def test_a_prompt_file_round_trips(tmp_path):
 
 def run_fedbpt(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
     """The installed ``fedbpt`` console script in a real process, as a user runs it."""
-    return subprocess.run(["fedbpt", *arguments], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run([FEDBPT, *arguments], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def new_user_mistakes(tmp_path) -> dict:

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+from serving import FEDBPT
+
 from fedbpt.job import LearnedPrompt
 
 SMALL = ["--parties", "2", "--rounds", "1", "--examples-per-party", "4", "--population", "2", "--iterations", "1"]
@@ -15,7 +17,7 @@ SMALL = ["--parties", "2", "--rounds", "1", "--examples-per-party", "4", "--popu
 
 def local_command(model, out) -> list[str]:
     return [
-        "fedbpt",
+        FEDBPT,
         "local",
         "--model",
         str(model),

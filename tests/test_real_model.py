@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from serving import FEDBPT
 
 from fedbpt.job import pin, prompted_model
 from fedbpt.models import load_backend
@@ -64,7 +65,7 @@ def test_fedbpt_local_runs_the_main_jobs_federation_on_the_real_model(tmp_path):
 
     from fedbpt.job import LearnedPrompt
 
-    command = ["fedbpt", "local", "--parties", "3", "--rounds", "1", "--iterations", "2", "--examples-per-party", "16"]
+    command = [FEDBPT, "local", "--parties", "3", "--rounds", "1", "--iterations", "2", "--examples-per-party", "16"]
     command += ["--eval-examples", "90", "--out", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
