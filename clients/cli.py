@@ -12,17 +12,15 @@ from typing import TypeVar
 
 import typer
 
+from clients.options import CA_BUNDLE, DATA_DIR, ENROLL, EVAL_EXAMPLES, RETRY_FOR, SERVER, SHARD, TOKEN
 from fedbpt.cli import DTYPE, THREADS, app, fail
 from fedbpt.options import spec_options
 from fedbpt.spec import JobSpec
 
-SERVER = typer.Option(..., envvar="FEDBPT_SERVER", help="server URL, e.g. https://host:8000")
 ADMIN_TOKEN = typer.Option(..., envvar="FEDBPT_ADMIN_TOKEN", help="the server's administrator token")
 READER_TOKEN = typer.Option(
     ..., envvar="FEDBPT_ADMIN_TOKEN", help="the administrator's token, or a party token of the job"
 )
-CA_BUNDLE = typer.Option(None, help="CA certificate bundle (PEM) to verify the server's TLS certificate")
-RETRY_FOR = typer.Option(600.0, min=0, help="seconds to keep retrying an unreachable server before giving up")
 JOB = typer.Argument(..., help="job id")
 WHICH = ("best", "last")
 T = TypeVar("T")
@@ -165,20 +163,14 @@ def job_revoke(
 @app.command()
 def client(
     server: str = SERVER,
-    token: str = typer.Option(None, envvar="FEDBPT_TOKEN", help="this party's token"),
-    enroll: str = typer.Option(None, help="a one-time enrollment secret to redeem instead of a token"),
+    token: str = TOKEN,
+    enroll: str = ENROLL,
     model: str = typer.Option(None, help="model to load (default: the job's model)"),
     dtype: str = DTYPE,
     engine: str = typer.Option("transformers", help="transformers, or llama.cpp (GGUF files, as the edge client)"),
-    shard: int = typer.Option(
-        None,
-        help="be party i of the job's seeded split of its task, as in fedbpt simulate (default: the whole "
-        "training file)",
-    ),
-    eval_examples: int = typer.Option(
-        None, help="held-out rows this party scores its share of (default: the job's data.eval_examples; 0 = all)"
-    ),
-    data_dir: Path = typer.Option(Path("."), help="folder holding the data files a task file names"),
+    shard: int = SHARD,
+    eval_examples: int = EVAL_EXAMPLES,
+    data_dir: Path = DATA_DIR,
     threads: int = THREADS,
     ca_bundle: str = CA_BUNDLE,
     retry_for: float = RETRY_FOR,

@@ -21,6 +21,7 @@ import typer
 sys.modules.setdefault("matplotlib", None)
 warnings.filterwarnings("ignore", message="Could not import matplotlib.pyplot")
 
+from clients.options import CA_BUNDLE, DATA_DIR, ENROLL, EVAL_EXAMPLES, RETRY_FOR, SERVER_HELP, SHARD, TOKEN  # noqa: E402
 from clients.party import DataChoice, ending, join_and_run, log  # noqa: E402
 from fedbpt.cli import Command  # noqa: E402
 from fedbpt.errors import UserError  # noqa: E402
@@ -43,31 +44,23 @@ def edge_backend(spec: JobSpec, model: str | None, quant: str | None, threads: i
 
 @app.command(cls=Command)
 def edge(
-    server: str = typer.Option(None, envvar="FEDBPT_SERVER", help="server URL, e.g. https://host:8000"),
-    token: str = typer.Option(None, envvar="FEDBPT_TOKEN", help="this party's token"),
-    enroll: str = typer.Option(None, help="a one-time enrollment secret to redeem instead of a token"),
+    server: str = typer.Option(None, envvar="FEDBPT_SERVER", help=SERVER_HELP),  # checked below: one line
+    token: str = TOKEN,
+    enroll: str = ENROLL,
     model: str = typer.Option(
         None, help="model to load: a packaged name, name:quant or a .gguf file (default: the job's model)"
     ),
     quant: str = typer.Option(None, help=f"re-quantize the packaged model once and use that copy: {', '.join(QUANTS)}"),
-    shard: int = typer.Option(
-        None,
-        help="be party i of the job's seeded split of its task, as in fedbpt simulate (default: the whole "
-        "training file)",
-    ),
-    eval_examples: int = typer.Option(
-        None, help="held-out rows this party scores its share of (default: the job's data.eval_examples; 0 = all)"
-    ),
-    data_dir: Path = typer.Option(Path("."), help="folder holding the data files a task file names"),
+    shard: int = SHARD,
+    eval_examples: int = EVAL_EXAMPLES,
+    data_dir: Path = DATA_DIR,
     threads: int = typer.Option(0, help="llama.cpp threads (0 = the CPUs this process may use)"),
     context: int = typer.Option(512, help="llama.cpp key/value cache in tokens (SmolLM2: 23 KB each)"),
     projection_cache_mb: int = typer.Option(
         0, help="keep the projection in memory if it fits (SmolLM2's: 58 MB), instead of regenerating it each step"
     ),
-    ca_bundle: str = typer.Option(None, help="CA certificate bundle (PEM) to verify the server's TLS certificate"),
-    retry_for: float = typer.Option(
-        600.0, min=0, help="seconds to keep retrying an unreachable server before giving up"
-    ),
+    ca_bundle: str = CA_BUNDLE,
+    retry_for: float = RETRY_FOR,
 ):
     """Join a server job as one party on a GGUF model through llama.cpp (no torch), until the job ends."""
     if not server:  # not a required option: click would answer with a usage box, not one line

@@ -73,7 +73,7 @@ def epsilon(spec: JobSpec, count: int) -> float:
 
 def job_kinds(spec: JobSpec) -> list[str]:
     """The kinds of every round of a job, in order."""
-    start = ["start"] if len(spec.prompt.starts) > 1 and not spec.prompt.initial else []
+    start = ["start"] if len(spec.prompt.starts) > 1 else []  # one start (an initial z has one): no start round
     return start + ["search"] * spec.federation.rounds + ["final"]
 
 

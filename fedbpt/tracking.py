@@ -50,7 +50,7 @@ def round_event(record: dict, accuracy: dict | None = None) -> dict:
     """The event of a closed round: its kind, pooled loss (lower is better), step, the held-out accuracy raw and
     calibrated of the prompt it made (when scored), the bytes per party and the number of parties."""
     event = {"event": "round", **{key: record[key] for key in ROUND_KEYS if key in record}}
-    event["parties"] = len(record.get("parties", ())) or record.get("n_parties")
+    event["parties"] = len(record["parties"])
     if accuracy is not None:
         event["accuracy_raw"], event["accuracy_calibrated"] = accuracy["raw"], accuracy["calibrated"]
     if "bytes_per_party" in record:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import trustme
 
 from clients.local import free_port
 from fedbpt.spec import from_dict, replace, to_dict
@@ -69,6 +71,18 @@ class ServerProcess:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def start_tls_server(folder: Path) -> tuple[ServerProcess, Path]:
+    """A server behind TLS with a certificate from a fresh test CA, started; and the CA file that verifies it."""
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    key, chain, ca = folder / "key.pem", folder / "cert.pem", folder / "ca.pem"
+    certificate.private_key_pem.write_to_path(key)
+    certificate.cert_chain_pems[0].write_to_path(chain)
+    authority.cert_pem.write_to_path(ca)
+    server = ServerProcess(folder / "server.db", uvicorn_args=(f"--ssl-keyfile={key}", f"--ssl-certfile={chain}"))
+    return server.start(verify=ssl.create_default_context(cafile=str(ca))), ca
 
 
 def admin_headers() -> dict:

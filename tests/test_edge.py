@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import ssl
 import subprocess
 import sys
 
 import pytest
-import trustme
-from serving import ADMIN_TOKEN, ROOT, ServerProcess
+from serving import ADMIN_TOKEN, ROOT, ServerProcess, start_tls_server
 from tiny_gguf import write_tiny_gguf
 
 from clients.api import Api
@@ -132,15 +130,7 @@ def test_a_mistake_in_the_edge_options_is_one_line_and_exit_code_2(options, firs
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory):
     """A real server behind TLS, and the CA file that verifies its certificate."""
-    folder = tmp_path_factory.mktemp("tls")
-    authority = trustme.CA()
-    certificate = authority.issue_cert("127.0.0.1")
-    key, chain, ca = folder / "key.pem", folder / "cert.pem", folder / "ca.pem"
-    certificate.private_key_pem.write_to_path(key)
-    certificate.cert_chain_pems[0].write_to_path(chain)
-    authority.cert_pem.write_to_path(ca)
-    server = ServerProcess(folder / "server.db", uvicorn_args=(f"--ssl-keyfile={key}", f"--ssl-certfile={chain}"))
-    server.start(verify=ssl.create_default_context(cafile=str(ca)))
+    server, ca = start_tls_server(tmp_path_factory.mktemp("tls"))
     yield server, ca
     server.stop()
 

@@ -5,7 +5,6 @@ the simulator's; model, projection and shard checks come before any work; TLS wi
 from __future__ import annotations
 
 import json
-import ssl
 import subprocess
 import sys
 import time
@@ -13,9 +12,8 @@ import time
 import httpx
 import numpy as np
 import pytest
-import trustme
 from conftest import tiny_backend
-from serving import ADMIN_TOKEN, ROOT, ServerProcess, admin_headers
+from serving import ADMIN_TOKEN, ROOT, ServerProcess, admin_headers, start_tls_server
 from typer.testing import CliRunner
 
 from clients.api import Api, ServerUnavailable
@@ -174,14 +172,7 @@ def test_job_create_pins_the_model_sends_the_task_file_and_issues_a_token_per_pa
 
 
 def test_client_verifies_tls_with_a_ca_bundle(tmp_path):
-    authority = trustme.CA()
-    certificate = authority.issue_cert("127.0.0.1")
-    key, chain, ca = tmp_path / "key.pem", tmp_path / "cert.pem", tmp_path / "ca.pem"
-    certificate.private_key_pem.write_to_path(key)
-    certificate.cert_chain_pems[0].write_to_path(chain)
-    authority.cert_pem.write_to_path(ca)
-    server = ServerProcess(tmp_path / "server.db", uvicorn_args=(f"--ssl-keyfile={key}", f"--ssl-certfile={chain}"))
-    server.start(verify=ssl.create_default_context(cafile=str(ca)))
+    server, ca = start_tls_server(tmp_path)
     try:
         assert server.url.startswith("https://")
         assert Api(server.url, ADMIN_TOKEN, ca_bundle=str(ca)).request("GET", "/v1/jobs") == []
