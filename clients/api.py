@@ -43,6 +43,10 @@ class Api:
             timeout=httpx.Timeout(90.0, connect=10.0),
         )
 
+    def identify(self, client: str) -> None:
+        """Name this party's program, engine and precision to the server (its dashboard shows them)."""
+        self.http.headers["User-Agent"] = client
+
     def request(self, method: str, path: str, **options) -> dict | list:
         give_up = time.monotonic() + self.retry_for_s
         delay = 0.5

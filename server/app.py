@@ -11,7 +11,11 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
+import swagger_ui_bundle
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -21,7 +25,7 @@ from server.events import RoundEvents
 from server.journal import Journal, configure_logging
 from server.metrics import Metrics
 from server.ratelimit import PROBES, AuthFailureLimit, FailureLimiter
-from server.routers import jobs, ops, results, rounds
+from server.routers import dashboard, jobs, ops, results, rounds
 from server.service import Coordinator
 from server.settings import Settings
 from server.store import Store
@@ -182,13 +186,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "answered 405 with an `Allow` header.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served below from the package's own Swagger UI files: /docs works without internet
+        redoc_url=None,
     )
     app.state.metrics = Metrics()
     app.state.events = RoundEvents()
     errors.install(app)
     app.openapi = partial(errors.openapi, app)
-    for module in (jobs, rounds, results, ops):
+    for module in (jobs, rounds, results, ops, dashboard):
         app.include_router(module.router)
+    app.mount("/dashboard/assets", StaticFiles(directory=dashboard.ASSETS), name="dashboard-assets")
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title}: API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
 
     app.add_middleware(Timed)
     app.add_middleware(BodyLimit, refusal_before_body=_unknown_token)  # refused bodies are not timed

@@ -69,6 +69,7 @@ async def require_admin(
 
 
 async def current_party(
+    request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     config: Settings = Depends(settings),
     service: Coordinator = Depends(coordinator),
@@ -79,6 +80,7 @@ async def current_party(
         raise Refusal(403, "party_only", "this route is for parties: use a party token, not the administrator's")
     if party is None:
         raise _unknown(token, service, "unknown token; ask the administrator for a party token")
+    service.saw(party, request.headers.get("user-agent", ""))
     return party
 
 
@@ -104,3 +106,17 @@ async def job_reader(
         raise _unknown(token, service, "unknown token; use the administrator token or a party token of this job")
     if party["job_id"] != job_id:
         raise Refusal(403, "wrong_job", f"this token belongs to another job, not to {job_id}")
+
+
+async def require_viewer(
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    config: Settings = Depends(settings),
+    service: Coordinator = Depends(coordinator),
+) -> None:
+    """The administrator, or a viewer (``POST /v1/viewers``): read-only access to the dashboard."""
+    token = bearer_token(credentials)
+    if _is_admin(token, config) or service.viewer_for_token(token) is not None:
+        return
+    if service.party_for_token(token) is not None:
+        raise Refusal(403, "viewer_only", "the dashboard needs the administrator token or a viewer token")
+    raise _unknown(token, service, "unknown token; use the administrator token or a viewer token")

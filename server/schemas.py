@@ -124,6 +124,17 @@ class Enrollment(BaseModel):
     expires: float = Field(description="unix time after which it no longer works (FEDBPT_ENROLLMENT_TTL_S)")
 
 
+class ViewerIn(Strict):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class Viewer(BaseModel):
+    """A read-only dashboard login: every job's dashboard, nothing else."""
+
+    name: str
+    token: str = Field("", description="shown once, when the viewer is added; the server keeps only its hash")
+
+
 class Revoked(BaseModel):
     """A party whose token (and unredeemed enrollment secrets) no longer work."""
 

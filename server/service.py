@@ -90,6 +90,8 @@ class Coordinator:
         self._party_by_token = {party["token_hash"]: party for party in store.parties_with_tokens()}
         self._revoked = set(store.revoked_token_hashes())
         self._rounds = {job["id"]: self._read_round(job["id"]) for job in store.jobs()}
+        self._viewer_by_token = {viewer["token_hash"]: viewer["name"] for viewer in store.viewers()}
+        self._seen: dict[tuple[str, str], tuple[float, str]] = {}  # (job, party) -> (last request, its client)
 
     def _spec(self, job: dict) -> JobSpec:
         """The job's spec, parsed once (a job's spec never changes)."""
@@ -277,6 +279,77 @@ class Coordinator:
 
         self.store.after_commit(forget)
         self._journal(job_id, {"event": "token_revoked", "party": name})
+
+    # viewers: read-only access to every job's dashboard
+    def add_viewer(self, name: str) -> dict:
+        token = secrets.token_urlsafe(32)
+        self.store.write(lambda: self._add_viewer(name, token))
+        return {"name": name, "token": token}
+
+    def _add_viewer(self, name: str, token: str) -> None:
+        if any(viewer["name"] == name for viewer in self.store.viewers()):
+            raise Refusal(409, "viewer_exists", f"a viewer named {name!r} exists; remove it first or pick another name")
+        self.store.add_viewer(name, token_hash(token), self.clock())
+        self.store.after_commit(lambda: self._viewer_by_token.__setitem__(token_hash(token), name))
+
+    def remove_viewer(self, name: str) -> dict:
+        """The viewer's token stops working at once."""
+        self.store.write(lambda: self._remove_viewer(name))
+        return {"name": name}
+
+    def _remove_viewer(self, name: str) -> None:
+        hashes = [viewer["token_hash"] for viewer in self.store.viewers() if viewer["name"] == name]
+        if not hashes:
+            raise Refusal(404, "unknown_viewer", f"no viewer named {name!r}")
+        self.store.remove_viewer(name)
+        self.store.after_commit(lambda: self._viewer_by_token.pop(hashes[0], None))
+
+    def viewer_for_token(self, token: str) -> str | None:
+        return self._viewer_by_token.get(token_hash(token))
+
+    def saw(self, party: dict, client: str) -> None:
+        """A request from ``party`` just now, by ``client`` (its User-Agent: program, engine, precision)."""
+        self._seen[party["job_id"], party["name"]] = (self.clock(), client)
+
+    def dashboard(self, job_id: str) -> dict:
+        """What the dashboard shows of a job: its view and history, the open round's progress and deadline,
+        and per party its last request, client, reports, examples and last reported loss."""
+        job = self.job(job_id)
+        spec, state = self._spec(job), GlobalState.from_dict(job["state"])
+        submitted = set(self.store.submitters(job_id, state.round))
+        activity = {row["party"]: row for row in self.store.party_activity(job_id)}
+        parties = []
+        for party in self.store.parties(job_id):
+            name, row = party["name"], activity.get(party["name"])
+            body = json.loads(row["last_body"]) if row else {}
+            seen, client = self._seen.get((job_id, name), (None, ""))
+            losses = body.get("losses") or [body.get("loss")]
+            parties.append(
+                {
+                    "name": name,
+                    "last_seen": seen,
+                    "client": client,
+                    "reports": row["reports"] if row else 0,
+                    "last_report": row["last_report"] if row else None,
+                    "examples": body.get("n_examples"),
+                    "last_loss": losses[0],
+                    "submitted": name in submitted,
+                }
+            )
+        federation = spec.federation
+        view = {key: value for key, value in self.view(job).items() if key != "parties"}
+        running = job["status"] == "running"
+        return {
+            **view,
+            "now": self.clock(),
+            "deadline": job["round_opened"] + federation.deadline_s if running else None,
+            "per_round": federation.per_round,
+            "quorum": federation.needed,
+            "robust": federation.robust,
+            "epsilon_budget": spec.privacy.epsilon if privacy.enabled(spec) else None,
+            "history": self.history(job_id),
+            "parties": parties,
+        }
 
     # rounds
     def round_view(self, job_id: str) -> RoundView:

@@ -43,12 +43,15 @@ CREATE TABLE IF NOT EXISTS rounds (
     job_id TEXT NOT NULL, round INTEGER NOT NULL, closed REAL NOT NULL, reason TEXT NOT NULL,
     record TEXT NOT NULL, PRIMARY KEY (job_id, round)
 );
+CREATE TABLE IF NOT EXISTS viewers (
+    name TEXT PRIMARY KEY, token_hash TEXT UNIQUE NOT NULL, created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS evaluations (
     job_id TEXT NOT NULL, round INTEGER NOT NULL, party TEXT NOT NULL, accuracy REAL NOT NULL,
     n_examples INTEGER NOT NULL, received REAL NOT NULL, PRIMARY KEY (job_id, round, party)
 );
 """
-SCHEMA_VERSION = 3  # 2: job specs are fedbpt.spec.JobSpec, reports of every round kind; 3: secrets expire
+SCHEMA_VERSION = 4  # 2: job specs are fedbpt.spec.JobSpec, reports of every round kind; 3: secrets expire; 4: viewers
 
 T = TypeVar("T")
 MAX_BATCH = 256  # units of work committed together at most (see Store.write)
@@ -73,13 +76,13 @@ class Store:
         self._writer.start()
 
     def _create_schema(self, path: str) -> None:
-        """Create the tables in a new database, bring a schema 2 one up to date; refuse one that an older server
-        wrote."""
+        """Create the tables in a new database, bring a schema 2 or 3 one up to date (new tables are created below);
+        refuse one that an older server wrote."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
         if tables and version == 2:  # its enrollment secrets had no lifetime: they expire now
             self._db.execute("ALTER TABLE enrollments ADD COLUMN expires REAL NOT NULL DEFAULT 0")
-        elif tables and version != SCHEMA_VERSION:
+        elif tables and version not in (3, SCHEMA_VERSION):
             self._db.close()
             raise StoreError(
                 f"database {path} was written by another version of the fedbpt server (schema {version}, this one "
@@ -282,6 +285,24 @@ class Store:
         return self._one("SELECT COUNT(*) AS n FROM reports WHERE job_id = ? AND round = ?", job_id, round_number)["n"]
 
     # rounds and evaluations
+    def party_activity(self, job_id: str) -> list[dict]:
+        """Per party of the job that reported: its reports, the last one's time and its loss and examples."""
+        return self._all(
+            "SELECT party, COUNT(*) AS reports, MAX(received) AS last_report, "
+            "(SELECT body FROM reports AS r WHERE r.job_id = reports.job_id AND r.party = reports.party "
+            "ORDER BY round DESC LIMIT 1) AS last_body FROM reports WHERE job_id = ? GROUP BY party",
+            job_id,
+        )
+
+    def add_viewer(self, name: str, token_hash: str, now: float) -> None:
+        self._run("INSERT INTO viewers VALUES (?, ?, ?)", name, token_hash, now)
+
+    def remove_viewer(self, name: str) -> None:
+        self._run("DELETE FROM viewers WHERE name = ?", name)
+
+    def viewers(self) -> list[dict]:
+        return self._all("SELECT name, token_hash, created FROM viewers ORDER BY name")
+
     def add_round(self, job_id: str, round_number: int, reason: str, record: dict, now: float) -> None:
         self._run("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)", job_id, round_number, now, reason, json.dumps(record))
 
