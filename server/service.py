@@ -320,22 +320,23 @@ class Coordinator:
         activity = {row["party"]: row for row in self.store.party_activity(job_id)}
         parties = []
         for party in self.store.parties(job_id):
-            name, row = party["name"], activity.get(party["name"])
-            body = json.loads(row["last_body"]) if row else {}
+            name, row = party["name"], activity.get(party["name"], {})
             seen, client = self._seen.get((job_id, name), (None, ""))
-            losses = body.get("losses") or [body.get("loss")]
             parties.append(
                 {
                     "name": name,
                     "last_seen": seen,
                     "client": client,
-                    "reports": row["reports"] if row else 0,
-                    "last_report": row["last_report"] if row else None,
-                    "examples": body.get("n_examples"),
-                    "last_loss": losses[0],
+                    "reports": row.get("reports", 0),
+                    "last_report": row.get("last_report"),
+                    "examples": row.get("examples"),
+                    "last_loss": row.get("loss"),
                     "submitted": name in submitted,
                 }
             )
+        history = self.history(job_id)
+        for record in history["rounds"]:  # the parties table says who took part; 1,000 names a round weigh much
+            record.pop("parties", None)
         federation = spec.federation
         view = {key: value for key, value in self.view(job).items() if key != "parties"}
         running = job["status"] == "running"
@@ -347,7 +348,7 @@ class Coordinator:
             "quorum": federation.needed,
             "robust": federation.robust,
             "epsilon_budget": spec.privacy.epsilon if privacy.enabled(spec) else None,
-            "history": self.history(job_id),
+            "history": history,
             "parties": parties,
         }
 

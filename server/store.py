@@ -286,11 +286,15 @@ class Store:
 
     # rounds and evaluations
     def party_activity(self, job_id: str) -> list[dict]:
-        """Per party of the job that reported: its reports, the last one's time and its loss and examples."""
+        """Per party of the job that reported: its reports, the last one's time, and its last report's loss (the
+        first, in a scoring round) and examples (read inside SQLite: a report holds a 500-number vector)."""
         return self._all(
-            "SELECT party, COUNT(*) AS reports, MAX(received) AS last_report, "
-            "(SELECT body FROM reports AS r WHERE r.job_id = reports.job_id AND r.party = reports.party "
-            "ORDER BY round DESC LIMIT 1) AS last_body FROM reports WHERE job_id = ? GROUP BY party",
+            "WITH latest AS (SELECT party, COUNT(*) AS reports, MAX(received) AS last_report, MAX(round) AS round "
+            "FROM reports WHERE job_id = ? GROUP BY party) "
+            "SELECT latest.party, reports, last_report, json_extract(body, '$.n_examples') AS examples, "
+            "coalesce(json_extract(body, '$.loss'), json_extract(body, '$.losses[0]')) AS loss "
+            "FROM latest JOIN reports USING (party, round) WHERE reports.job_id = ?",
+            job_id,
             job_id,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -39,6 +40,8 @@ def test_local_runs_a_federation_and_returns_its_prompt(tmp_path, tiny_model_dir
     assert any(line.startswith("party-0: ") for line in lines) and any(line.startswith("party-1: ") for line in lines)
     assert any("round   1  search  pooled loss" in line for line in lines)
     prompt = LearnedPrompt.load(out / "prompt.json")
+    dashboard = re.compile(rf"dashboard: http://127\.0\.0\.1:\d+/dashboard#{prompt.job} \(viewer token: ")
+    assert any(dashboard.match(line) for line in lines)
     assert prompt.spec.federation.parties == 2 and prompt.job
     events = [json.loads(line) for line in (out / "events" / f"{prompt.job}.events.jsonl").open()]
     assert events[0]["event"] == "job_created" and events[-1] == {
