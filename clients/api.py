@@ -99,9 +99,10 @@ class Api:
         """Send a report (``fedbpt.rounds.report_body``) for the open round."""
         return self.request("POST", f"/v1/jobs/{job}/rounds/{round_number}/reports", json=report)
 
-    def evaluate(self, job: str, prompt_round: int, accuracy: float, n_examples: int) -> dict:
-        """Report this party's held-out accuracy of the prompt after round ``prompt_round``."""
-        body = {"accuracy": accuracy, "n_examples": n_examples}
+    def evaluate(self, job: str, prompt_round: int, accuracy: float, n_examples: int, **accuracies: float) -> dict:
+        """Report this party's held-out accuracy of the prompt after round ``prompt_round`` (``accuracies``: raw,
+        calibrated, zero_shot_raw, zero_shot_calibrated)."""
+        body = {"accuracy": accuracy, "n_examples": n_examples, **accuracies}
         return self.request("POST", f"/v1/jobs/{job}/rounds/{prompt_round}/evaluations", json=body)
 
     # administrator routes

@@ -132,10 +132,15 @@ def report_accuracy(
     eval_set: list[EncodedExample],
     eval_labels: np.ndarray,
 ) -> None:
-    """Score the round's global prompt on this party's held-out rows and report it (once per prompt round)."""
-    accuracy = model.accuracy(state.mean, eval_set, eval_labels)
+    """Score the round's global prompt on this party's held-out rows and report it, raw and calibrated (once per
+    prompt round); with the chosen start's (round 0), the bare template's too: the zero-shot baselines."""
+    both = model.accuracies(state.mean, eval_set, eval_labels)
+    accuracy, accuracies = both[model.scoring], {"raw": both["raw"], "calibrated": both["calibrated"]}
+    if state.mean_round == 0:
+        bare = model.accuracies(None, eval_set, eval_labels)
+        accuracies |= {"zero_shot_raw": bare["raw"], "zero_shot_calibrated": bare["calibrated"]}
     try:
-        api.evaluate(job, state.mean_round, accuracy, len(eval_set))
+        api.evaluate(job, state.mean_round, accuracy, len(eval_set), **accuracies)
     except ServerRefused as error:
         if error.status != 409:
             raise

@@ -219,8 +219,12 @@ class Accepted(BaseModel):
 
 
 class EvaluationIn(Strict):
-    accuracy: float = Field(ge=0, le=1)
+    accuracy: float = Field(ge=0, le=1, description="held-out accuracy as the job scores (calibrated or raw)")
     n_examples: int = Field(ge=1, le=100_000_000)
+    raw: float | None = Field(None, ge=0, le=1, description="the same prompt's accuracy without calibration")
+    calibrated: float | None = Field(None, ge=0, le=1, description="the same prompt's accuracy, calibrated")
+    zero_shot_raw: float | None = Field(None, ge=0, le=1, description="the bare template's (no soft prompt), raw")
+    zero_shot_calibrated: float | None = Field(None, ge=0, le=1, description="the bare template's, calibrated")
 
 
 class Prompt(BaseModel):

@@ -66,11 +66,26 @@ class RoundView:
         return self._encoded[party in self.submitted]
 
 
+def _pooled(rows: list[dict], key: str) -> float:
+    return sum(row[key] * row["n_examples"] for row in rows) / sum(row["n_examples"] for row in rows)
+
+
 def _weighted_accuracy(rows: list[dict]) -> dict:
-    """The parties' reports on one prompt, pooled: accuracy over all their held-out rows."""
-    total = sum(row["n_examples"] for row in rows)
-    accuracy = sum(row["accuracy"] * row["n_examples"] for row in rows) / total
-    return {"round": rows[0]["round"], "accuracy": accuracy, "n_examples": total, "parties": len(rows)}
+    """The parties' reports on one prompt, pooled: accuracy over all their held-out rows (raw and calibrated too
+    when every party sent them)."""
+    pooled = {"round": rows[0]["round"], "accuracy": _pooled(rows, "accuracy")}
+    pooled |= {key: _pooled(rows, key) for key in ("raw", "calibrated") if all(row[key] is not None for row in rows)}
+    return pooled | {"n_examples": sum(row["n_examples"] for row in rows), "parties": len(rows)}
+
+
+def _zero_shot(rows: list[dict]) -> dict | None:
+    """The bare template's accuracy, raw and calibrated, pooled over the parties that reported it (once each)."""
+    keys = {"raw": "zero_shot_raw", "calibrated": "zero_shot_calibrated"}
+    first = {row["party"]: row for row in reversed(rows) if all(row[key] is not None for key in keys.values())}
+    if not first:
+        return None
+    scored = list(first.values())
+    return {name: _pooled(scored, key) for name, key in keys.items()} | {"parties": len(scored)}
 
 
 def _scored_loss(records: list[dict], prompt_round: int) -> float | None:
@@ -495,7 +510,8 @@ class Coordinator:
         job = self.job(job_id)
         state = GlobalState.from_dict(job["state"])
         by_round: dict[int, list[dict]] = {}
-        for row in self.store.evaluations(job_id):
+        evaluations = self.store.evaluations(job_id)
+        for row in evaluations:
             by_round.setdefault(row["round"], []).append(row)
         best = state.best and {"round": state.best.round, "loss": state.best.loss}
         return {
@@ -506,6 +522,7 @@ class Coordinator:
             "best": best,
             "rounds": self.store.rounds(job_id),
             "accuracy": [_weighted_accuracy(rows) for rows in by_round.values()],
+            "zero_shot": _zero_shot(evaluations),
         }
 
     def prompt(self, job_id: str, which: str) -> dict:

@@ -48,10 +48,12 @@ CREATE TABLE IF NOT EXISTS viewers (
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     job_id TEXT NOT NULL, round INTEGER NOT NULL, party TEXT NOT NULL, accuracy REAL NOT NULL,
-    n_examples INTEGER NOT NULL, received REAL NOT NULL, PRIMARY KEY (job_id, round, party)
+    n_examples INTEGER NOT NULL, received REAL NOT NULL, raw REAL, calibrated REAL, zero_shot_raw REAL,
+    zero_shot_calibrated REAL, PRIMARY KEY (job_id, round, party)
 );
 """
-SCHEMA_VERSION = 4  # 2: job specs are fedbpt.spec.JobSpec, reports of every round kind; 3: secrets expire; 4: viewers
+SCHEMA_VERSION = 4  # 2: job specs are JobSpecs, reports of every round kind; 3: secrets expire; 4: viewers, accuracies
+ACCURACY_COLUMNS = ("raw", "calibrated", "zero_shot_raw", "zero_shot_calibrated")  # evaluations' columns since 4
 
 T = TypeVar("T")
 MAX_BATCH = 256  # units of work committed together at most (see Store.write)
@@ -77,12 +79,15 @@ class Store:
 
     def _create_schema(self, path: str) -> None:
         """Create the tables in a new database, bring a schema 2 or 3 one up to date (new tables are created below);
-        refuse one that an older server wrote."""
+        refuse one that another version wrote."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         tables = self._db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
         if tables and version == 2:  # its enrollment secrets had no lifetime: they expire now
             self._db.execute("ALTER TABLE enrollments ADD COLUMN expires REAL NOT NULL DEFAULT 0")
-        elif tables and version not in (3, SCHEMA_VERSION):
+        if tables and version in (2, 3):
+            for column in ACCURACY_COLUMNS:
+                self._db.execute(f"ALTER TABLE evaluations ADD COLUMN {column} REAL")
+        elif tables and version != SCHEMA_VERSION:
             self._db.close()
             raise StoreError(
                 f"database {path} was written by another version of the fedbpt server (schema {version}, this one "
@@ -316,13 +321,14 @@ class Store:
 
     def add_evaluation(self, job_id: str, round_number: int, party: str, report: dict, now: float) -> None:
         self._run(
-            "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             job_id,
             round_number,
             party,
             report["accuracy"],
             report["n_examples"],
             now,
+            *(report.get(column) for column in ACCURACY_COLUMNS),
         )
 
     def evaluation(self, job_id: str, round_number: int, party: str) -> dict | None:
@@ -332,6 +338,7 @@ class Store:
 
     def evaluations(self, job_id: str) -> list[dict]:
         return self._all(
-            "SELECT round, party, accuracy, n_examples FROM evaluations WHERE job_id = ? ORDER BY round, party",
+            f"SELECT round, party, accuracy, n_examples, {', '.join(ACCURACY_COLUMNS)} FROM evaluations "
+            "WHERE job_id = ? ORDER BY round, party",
             job_id,
         )

@@ -84,14 +84,16 @@ def test_the_dashboard_follows_a_job_live_in_a_browser(server, tiny_model_dir, t
             page.wait_for_function("document.getElementById('round-text').textContent.includes('2 of 3 reports')")
             assert page.inner_text("#party-rows tr[data-party='party-0'] td.reports") == "1"
             assert "transformers float32" in page.inner_text("#party-rows tr[data-party='party-0']")
-            assert page.locator("#curve path.accuracy").count() == 0  # no prompt scored yet
+            assert page.locator("#curve path.series").count() == 0  # no prompt scored yet
 
             clients.append(start_client(server, tokens[2], 2))
             page.wait_for_function(
                 "document.getElementById('round-text').textContent.startsWith('finished')", timeout=120_000
             )
-            points = page.get_attribute("#curve path.accuracy", "data-points")
-            assert int(points) >= 2  # the chosen start and the search rounds' prompts, drawn as rounds closed
+            for curve in ("calibrated", "raw"):  # the chosen start and the search rounds' prompts, as rounds closed
+                assert int(page.get_attribute(f"#curve path.{curve}", "data-points")) >= 2
+            labels = page.text_content("#curve")
+            assert "zero-shot, calibrated" in labels and "zero-shot, raw" in labels
             assert int(page.get_attribute("#curve path.loss", "data-points")) >= 2
             assert page.locator("#curve circle.best").count() == 1
             reports = page.inner_text("#party-rows tr[data-party='party-2'] td.reports")

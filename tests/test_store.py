@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.store import Store, StoreError
+from server.store import ACCURACY_COLUMNS, Store, StoreError
 
 
 @pytest.fixture
@@ -92,10 +92,35 @@ def test_a_database_of_another_server_version_is_refused_and_a_new_one_reopens(t
     reopened.close()
 
 
+def downgrade_to_schema_3(database: sqlite3.Connection) -> None:
+    """What schema 4 added: viewers, and the evaluations' raw, calibrated and zero-shot accuracies."""
+    database.execute("DROP TABLE viewers")
+    for column in ACCURACY_COLUMNS:
+        database.execute(f"ALTER TABLE evaluations DROP COLUMN {column}")
+    database.execute("PRAGMA user_version = 3")
+
+
+def test_a_schema_3_database_gains_viewers_and_the_evaluations_accuracies(tmp_path):
+    path = tmp_path / "schema3.db"
+    Store(str(path)).close()
+    with sqlite3.connect(path) as database:
+        downgrade_to_schema_3(database)
+        database.execute("INSERT INTO evaluations VALUES ('job', 0, 'party-0', 0.5, 10, 1.0)")
+    store = Store(str(path))
+    store.write(lambda: store.add_viewer("ops", "hash", 2.0))
+    store.write(
+        lambda: store.add_evaluation("job", 1, "party-0", {"accuracy": 0.6, "n_examples": 10, "raw": 0.55}, 3.0)
+    )
+    rows = store.evaluations("job")
+    assert [row["raw"] for row in rows] == [None, 0.55] and store.viewers()[0]["name"] == "ops"
+    store.close()
+
+
 def test_a_schema_2_database_is_brought_up_to_date_and_its_enrollment_secrets_expire(tmp_path):
     path = tmp_path / "schema2.db"
     Store(str(path)).close()
     with sqlite3.connect(path) as database:  # as the schema 2 server left it: secrets without a lifetime
+        downgrade_to_schema_3(database)
         database.execute("DROP TABLE revoked_tokens")
         database.execute("ALTER TABLE enrollments DROP COLUMN expires")
         database.execute("INSERT INTO enrollments VALUES ('hash', 'job', 'edge', NULL)")

@@ -142,15 +142,28 @@ function drawJob(job) {
     (history.start ? `, start ${JSON.stringify(history.start)}` : "");
   drawRound(job);
   const scoring = spec.prompt.calibrate ? "calibrated" : "raw";
-  const accuracy = history.accuracy.map((a) => [a.round, a.accuracy]);
   const scored = history.rounds.filter((r) => r.kind !== "start" && r.loss !== undefined);
   const start = history.accuracy.find((a) => a.round === 0);
   const best = history.best ? [history.best.round] : [];
+  const accuracy = (key) => history.accuracy.filter((a) => a[key] !== undefined).map((a) => [a.round, a[key]]);
+  const both = history.accuracy.length && history.accuracy.every((a) => a.raw !== undefined);
+  const curves = both ? [
+    { id: "calibrated", name: "held-out accuracy, calibrated", points: accuracy("calibrated"), color: "#1565c0",
+      marked: scoring === "calibrated" ? best : [] },
+    { id: "raw", name: "held-out accuracy, raw", points: accuracy("raw"), color: "#64b5f6", dash: "2 2",
+      marked: scoring === "raw" ? best : [] },
+  ] : [{ id: scoring, name: `held-out accuracy (${scoring})`, points: accuracy("accuracy"), color: "#1565c0",
+    marked: best }];
+  const lines = start ? [{ name: "chosen start (round 0)", y: start.accuracy, color: "#6a1b9a" }] : [];
+  if (history.zero_shot) {
+    lines.push({ name: "zero-shot, calibrated", y: history.zero_shot.calibrated, color: "#757575" },
+      { name: "zero-shot, raw", y: history.zero_shot.raw, color: "#bdbdbd" });
+  }
   chart($("curve"), [
-    { id: "accuracy", name: `held-out accuracy (${scoring})`, points: accuracy, color: "#1565c0", marked: best },
+    ...curves,
     { id: "loss", name: "pooled training loss of the prompt scored in the round",
       points: scored.map((r) => [r.round, r.loss]), color: "#c62828", dash: "5 3", axis: "right" },
-  ], { right: true, lines: start ? [{ name: "chosen start (round 0)", y: start.accuracy, color: "#6a1b9a" }] : [] });
+  ], { right: true, lines });
   chart($("steps"), [{ id: "sigma", name: "step", points: history.rounds.filter((r) => r.sigma !== undefined)
     .map((r) => [r.round, r.sigma]), color: "#2e7d32" }]);
   const bytes = history.rounds.filter((r) => r.bytes_per_party);

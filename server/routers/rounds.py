@@ -129,7 +129,7 @@ async def submit_evaluation(
     service: Coordinator = Depends(coordinator),
 ) -> dict:
     """Report this party's held-out accuracy of the prompt after round ``round_number`` (a round message's
-    ``mean_round``; 0 = the chosen start)."""
-    if not await service.evaluate(job_id, party["name"], round_number, evaluation.model_dump()):
+    ``mean_round``; 0 = the chosen start), optionally raw and calibrated, and the bare template's (zero-shot)."""
+    if not await service.evaluate(job_id, party["name"], round_number, evaluation.model_dump(exclude_none=True)):
         response.status_code = 200
     return {"job": job_id, "party": party["name"], "round": round_number}
