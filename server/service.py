@@ -333,9 +333,10 @@ class Coordinator:
         spec, state = self._spec(job), GlobalState.from_dict(job["state"])
         submitted = set(self.store.submitters(job_id, state.round))
         activity = {row["party"]: row for row in self.store.party_activity(job_id)}
+        view = self.view(job)
         parties = []
-        for party in self.store.parties(job_id):
-            name, row = party["name"], activity.get(party["name"], {})
+        for name in view.pop("parties"):
+            row = activity.get(name, {})
             seen, client = self._seen.get((job_id, name), (None, ""))
             parties.append(
                 {
@@ -353,7 +354,6 @@ class Coordinator:
         for record in history["rounds"]:  # the parties table says who took part; 1,000 names a round weigh much
             record.pop("parties", None)
         federation = spec.federation
-        view = {key: value for key, value in self.view(job).items() if key != "parties"}
         running = job["status"] == "running"
         return {
             **view,
