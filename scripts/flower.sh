@@ -18,8 +18,8 @@ edge=${4:-q8_0}
 export PATH="$PWD/.venv/bin:$PATH" FLWR_HOME=${FLWR_HOME:-$PWD/runs/flower/home}
 export FEDBPT_DATA=${FEDBPT_DATA:-$(python -c 'from fedbpt.data import data_root; print(data_root())')}
 parties=$(python -c 'import sys; from fedbpt.spec import load; print(load(sys.argv[1]).federation.parties)' "$spec")
-ports=$(python -c 'from clients.local import free_port as f; print(f(), f())')
-read -r superlink node_port <<<"$ports"  # the SuperLink serves its Fleet, Control and Runtime APIs on one port
+free_port() { python -c 'from clients.local import free_port; print(free_port())'; }
+superlink=$(free_port)  # the SuperLink serves its Fleet, Control and Runtime APIs on one port
 logs="$FLWR_HOME/logs"
 mkdir -p "$FLWR_HOME" "$logs" "$(dirname "$out")"
 cat >"$FLWR_HOME/config.toml" <<EOF
@@ -54,7 +54,7 @@ else
             fi
             node="$node engine='llama.cpp' model='$model'"
         fi
-        flower-supernode --insecure --superlink "127.0.0.1:$superlink" --host 127.0.0.1 --port $((node_port + i)) \
+        flower-supernode --insecure --superlink "127.0.0.1:$superlink" --host 127.0.0.1 --port "$(free_port)" \
             --node-config "$node" >"$logs/supernode-$i.log" 2>&1 &
         pids+=($!)
         echo "SuperNode $i: $node (log: $logs/supernode-$i.log)"
