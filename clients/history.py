@@ -7,10 +7,13 @@ from clients.party import ending
 
 def produced_prompt(record: dict) -> int | None:
     """The prompt round a closed round made the global prompt: the start round's is 0, a search round's is its
-    own, unless it backtracked to the best; the final round makes none."""
+    own, unless it backtracked to the best or left its means to a rank round (whose prompt is then its own); the
+    final round makes none."""
     if record["kind"] == "start":
         return 0
-    if record["kind"] == "search" and not record["backtracked"]:
+    if record["kind"] == "rank" or (
+        record["kind"] == "search" and not record["backtracked"] and "candidates" not in record
+    ):
         return record["round"]
     return None
 
@@ -28,6 +31,9 @@ def round_line(record: dict, accuracy: dict[int, dict]) -> str:
     if record["kind"] == "start":
         losses = ", ".join(f"{start} {loss:.4f}" for start, loss in record["start_losses"].items())
         body = f"chose {record['start']!r} by pooled loss ({losses})"
+    elif record["kind"] == "rank":
+        body = f"ranked {len(record['cross_losses'])} means by the parties' pooled losses  step {record['sigma']:.3f}"
+        body += f"  best: round {record['best_round']}"
     else:
         body = f"pooled loss {record['loss']:.4f} of round {record['scored_round']}'s prompt"
         if record["kind"] == "search":

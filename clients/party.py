@@ -1,7 +1,7 @@
 """One party of a server job: fetch the round, answer it, submit, report accuracy, until the job ends.
 
 The loop only needs a ``PromptedModel``, so the full-precision client and the edge client share it. A party's
-answer to a round of any kind (the start round, a search round, the final round) is the core's
+answer to a round of any kind (the start round, a search round, a rank round, the final round) is the core's
 ``fedbpt.search.respond``, and ``--shard i`` gives it exactly the examples party i holds in ``fedbpt simulate``:
 the same spec gives the same reports, so the server's rounds close as the simulator's do.
 """
@@ -86,6 +86,8 @@ def describe(spec: JobSpec, state: GlobalState, report: Update | Scores) -> str:
         return f"{head}: start losses {losses} ({report.seconds:.1f} s)"
     if kind == "final":
         return f"{head}: loss of round {state.mean_round}'s prompt {report.losses[0]:.4f} ({report.seconds:.1f} s)"
+    if kind == "rank":
+        return f"{head}: scored {len(report.losses)} means, best loss {min(report.losses):.4f} ({report.seconds:.1f} s)"
     return (
         f"{head}: loss of round {state.mean_round}'s prompt {report.loss:.4f}, local fitness {report.fitness:.4f} "
         f"({report.seconds:.1f} s)"

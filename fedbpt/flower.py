@@ -21,8 +21,12 @@ from fedbpt.protocol import DTYPES, GlobalState, InvalidUpdate, Scores, Update
 from fedbpt.spec import JobSpec, to_dict
 
 
-def prompt_record(spec: JobSpec, z: np.ndarray) -> ArrayRecord:
-    return ArrayRecord({"mean": Array(np.asarray(z, dtype=DTYPES[spec.wire]))})
+def prompt_record(spec: JobSpec, z: np.ndarray, candidates: tuple[np.ndarray, ...] = ()) -> ArrayRecord:
+    """The prompt (and a rank round's candidate means, as one array) in the job's wire precision."""
+    arrays = {"mean": Array(np.asarray(z, dtype=DTYPES[spec.wire]))}
+    if candidates:
+        arrays["candidates"] = Array(np.asarray(np.stack(candidates), dtype=DTYPES[spec.wire]))
+    return ArrayRecord(arrays)
 
 
 def prompt_of(content: RecordDict) -> np.ndarray | None:
@@ -37,16 +41,24 @@ def job_record(spec: JobSpec) -> ConfigRecord:
 
 def round_content(spec: JobSpec, state: GlobalState) -> RecordDict:
     """A round as the ServerApp sends it to a party (``GET /v1/jobs/{id}/round`` on fedbpt's own server)."""
-    fields = {key: value for key, value in rounds.round_message(spec, state).items() if key != "mean"}
-    return RecordDict(
-        {"job": job_record(spec), "round": ConfigRecord(fields), "prompt": prompt_record(spec, state.mean)}
-    )
+    vectors = ("mean", "candidates")
+    fields = {key: value for key, value in rounds.round_message(spec, state).items() if key not in vectors}
+    prompt = prompt_record(spec, state.mean, state.candidates)
+    return RecordDict({"job": job_record(spec), "round": ConfigRecord(fields), "prompt": prompt})
 
 
 def state_of(content: RecordDict) -> GlobalState:
     """The open round as the party sees it, from ``round_content``."""
-    fields = dict(content["round"])
-    return GlobalState(fields["round"], prompt_of(content), fields["sigma"], fields["start"], fields["mean_round"])
+    fields, prompt = dict(content["round"]), content["prompt"]
+    candidates = tuple(prompt["candidates"].numpy().astype(np.float64)) if "candidates" in prompt else ()
+    return GlobalState(
+        fields["round"],
+        prompt_of(content),
+        fields["sigma"],
+        fields["start"],
+        fields["mean_round"],
+        candidates=candidates,
+    )
 
 
 def report_content(spec: JobSpec, report: Update | Scores) -> RecordDict:

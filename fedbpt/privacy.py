@@ -7,7 +7,8 @@ reports are replaced by the round's broadcast step, which carries nothing about 
 reports use held-out rows, not the party's private examples, and cost nothing.
 
 Every clipped number or vector is one Gaussian mechanism with noise multiplier ``noise``; a job's releases
-per party are the start round's losses, three per search round (move, loss, fitness) and the final loss.
+per party are the start round's losses, three per search round (move, loss, fitness), one per mean it scores
+in a rank round (robust ``cross``) and the final loss.
 The server adds them up with Google's ``dp-accounting`` (RDP accountant): the epsilon at ``delta`` after each
 round goes into the round's record, and a job whose total would pass its budget is refused before it starts.
 Only the server and the simulator account; a party (the edge client too) needs numpy alone.
@@ -21,7 +22,7 @@ import numpy as np
 
 from fedbpt.errors import UserError
 from fedbpt.protocol import GlobalState, Scores, Update, on_wire
-from fedbpt.spec import JobSpec
+from fedbpt.spec import JobSpec, round_kinds
 
 
 def enabled(spec: JobSpec) -> bool:
@@ -55,8 +56,8 @@ def privatized(spec: JobSpec, state: GlobalState, report: Update | Scores) -> Up
 
 
 def releases(spec: JobSpec, rounds_closed: list[str]) -> int:
-    """Gaussian releases per party after the rounds of these kinds ("start", "search", "final")."""
-    per_kind = {"start": len(spec.prompt.starts), "search": 3, "final": 1}
+    """Gaussian releases per party after the rounds of these kinds ("start", "search", "rank", "final")."""
+    per_kind = {"start": len(spec.prompt.starts), "search": 3, "rank": spec.federation.per_round, "final": 1}
     return sum(per_kind[kind] for kind in rounds_closed)
 
 
@@ -74,7 +75,7 @@ def epsilon(spec: JobSpec, count: int) -> float:
 def job_kinds(spec: JobSpec) -> list[str]:
     """The kinds of every round of a job, in order."""
     start = ["start"] if len(spec.prompt.starts) > 1 else []  # one start (an initial z has one): no start round
-    return start + ["search"] * spec.federation.rounds + ["final"]
+    return start + round_kinds(spec)
 
 
 def epsilon_after_round(spec: JobSpec, round_number: int) -> float:

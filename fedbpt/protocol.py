@@ -103,12 +103,14 @@ class Best:
 
 @dataclass(frozen=True)
 class GlobalState:
-    round: int  # the open round: 0 chooses the start, 1..R search, R + 1 scores the last prompt
+    round: int  # the open round: 0 chooses the start, then the spec's ``round_kinds``
     mean: np.ndarray  # the round's global prompt
     sigma: float  # the step the round's local searches start with
     start: str = ""  # the chosen starting prompt ("" while round 0 is open)
     mean_round: int = 0  # the round after which ``mean`` was the global prompt
     best: Best | None = None
+    pending: tuple[Update, ...] = ()  # robust "cross": the search round's updates the open rank round ranks
+    candidates: tuple[np.ndarray, ...] = ()  # the means a rank round's parties score (a party knows only these)
 
     def to_dict(self) -> dict:
         best = self.best and {"round": self.best.round, "mean": encode_vector(self.best.mean), "loss": self.best.loss}
@@ -119,9 +121,20 @@ class GlobalState:
             "start": self.start,
             "mean_round": self.mean_round,
             "best": best,
+            "pending": [update.to_dict() for update in self.pending],
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> GlobalState:
         best = data["best"] and Best(data["best"]["round"], decode_vector(data["best"]["mean"]), data["best"]["loss"])
-        return cls(data["round"], decode_vector(data["mean"]), data["sigma"], data["start"], data["mean_round"], best)
+        pending = tuple(Update.from_dict(update) for update in data.get("pending", []))
+        return cls(
+            data["round"],
+            decode_vector(data["mean"]),
+            data["sigma"],
+            data["start"],
+            data["mean_round"],
+            best,
+            pending,
+            tuple(update.mean for update in pending),
+        )

@@ -85,6 +85,11 @@ def summary(results: dict) -> str:
                 f"  round {record['round']:3d}  {accuracy}  loss of round {record['scored_round']}'s prompt "
                 f"{record['loss']:.4f}  step {record['sigma']:.3f}{note}"
             )
+        elif record["kind"] == "rank":
+            lines.append(
+                f"  round {record['round']:3d}  {accuracy}  ranked {len(record['cross_losses'])} means by the parties' "
+                f"losses  step {record['sigma']:.3f}"
+            )
         else:
             scored = f"round {record['scored_round']}'s prompt"
             lines.append(f"  round {record['round']:3d}  final: loss of {scored} {record['loss']:.4f}")

@@ -2,11 +2,14 @@
 
 Round 0 chooses the start: every party scores each candidate starting prompt (``spec.prompt.starts``, at
 z = 0) on its training data and the example-weighted best wins (with a single candidate there is no round 0).
-Rounds 1..R search: each party first scores the round's global prompt on its training data (the calibrated
-loss, example-weighted over the parties: the *pooled* loss), then runs its local search from it. Round R + 1
-scores the last prompt. The state keeps the best prompt so far by pooled loss; when a round's prompt scores
-worse than the best, the next round restarts from the best with a smaller step (backtracking), so a job
-cannot end below its start. What a job returns is the best prompt, with its round.
+Then R search rounds: each party first scores the round's global prompt on its training data (the calibrated
+loss, example-weighted over the parties: the *pooled* loss), then runs its local search from it. Under the
+robust rule ``cross`` each search round is followed by a rank round: every party scores all the search round's
+means on its held-back share, and the means are ranked by their trimmed pooled loss, so no party's claim about
+its own search decides the round. The final round scores the last prompt (``spec.round_kinds`` lists them).
+The state keeps the best prompt so far by pooled loss; when a round's prompt scores worse than the best, the
+next search round restarts from the best with a smaller step (backtracking), so a job cannot end below its
+start. What a job returns is the best prompt, with its round.
 
 The simulator and the server call ``close`` with the same reports and get the same state.
 """
@@ -19,9 +22,9 @@ import numpy as np
 
 from fedbpt import aggregate, privacy
 from fedbpt.protocol import Best, GlobalState, InvalidUpdate, Scores, Update, decode_vector, encode_vector, on_wire
-from fedbpt.spec import JobSpec
+from fedbpt.spec import JobSpec, round_kinds
 
-KINDS = ("start", "search", "final")
+KINDS = ("start", "search", "rank", "final")
 
 
 def initial(spec: JobSpec) -> GlobalState:
@@ -40,16 +43,25 @@ def initial_z(spec: JobSpec) -> np.ndarray:
 def kind(spec: JobSpec, state: GlobalState) -> str:
     if not state.start:
         return "start"
-    return "final" if state.round > spec.federation.rounds else "search"
+    kinds = round_kinds(spec)
+    return kinds[min(state.round, len(kinds)) - 1]  # a finished job's state reads as its final round
 
 
 def finished(spec: JobSpec, state: GlobalState) -> bool:
-    return state.round > spec.federation.rounds + 1
+    return state.round > len(round_kinds(spec))
+
+
+def next_search(spec: JobSpec, round_number: int) -> int:
+    """The search round after ``round_number``; past the final round when there is none (after a dropped last
+    search there is nothing new left to score)."""
+    kinds = round_kinds(spec)
+    later = [number for number in range(round_number + 1, len(kinds) + 1) if kinds[number - 1] == "search"]
+    return later[0] if later else len(kinds) + 1
 
 
 def candidates(spec: JobSpec, state: GlobalState) -> int:
     """How many losses a scoring round's report holds."""
-    return len(spec.prompt.starts) if kind(spec, state) == "start" else 1
+    return {"start": len(spec.prompt.starts), "rank": len(state.candidates)}.get(kind(spec, state), 1)
 
 
 def best_prompt(state: GlobalState) -> Best:
@@ -97,6 +109,8 @@ def close(spec: JobSpec, state: GlobalState, reports: list[Update | Scores]) -> 
         best = Best(0, state.mean, losses[chosen])
         record |= {"start_losses": losses, "start": chosen, "loss": losses[chosen]}
         return replace(state, round=1, start=chosen, best=best), record | {"best_round": 0}
+    if record["kind"] == "rank":
+        return ranked(spec, state, reports, counts, record)
     loss = pooled_loss(
         spec, [report.losses[0] if isinstance(report, Scores) else report.loss for report in reports], counts
     )
@@ -110,20 +124,51 @@ def close(spec: JobSpec, state: GlobalState, reports: list[Update | Scores]) -> 
     record |= {"loss": loss, "scored_round": state.mean_round, "best_round": best.round, "backtracked": False}
     if record["kind"] == "final":
         return replace(state, round=state.round + 1, best=best), record
-    if worse:  # restart from the best; after the last search round there is nothing new left to score
+    if worse:  # restart from the best, skipping this round's updates (and their rank round)
         sigma = max(state.sigma * spec.search.backtrack, spec.search.step_floor)
-        following = state.round + (2 if state.round == spec.federation.rounds else 1)
+        following = next_search(spec, state.round)
         record |= {"backtracked": True, "sigma": sigma}
         return replace(state, round=following, mean=best.mean, sigma=sigma, mean_round=best.round, best=best), record
+    record["fitness"] = aggregate.pooled([report.fitness for report in reports], counts)
+    if kind(spec, replace(state, round=state.round + 1)) == "rank":
+        means = tuple(report.mean for report in reports)
+        record |= {"candidates": len(means), "sigma": state.sigma}
+        return replace(state, round=state.round + 1, best=best, pending=tuple(reports), candidates=means), record
     mean, sigma = new_mean(spec, state, reports)
+    return moved(spec, state, best, mean, sigma), record | {"sigma": sigma, "mean_norm": float(np.linalg.norm(mean))}
+
+
+def moved(spec: JobSpec, state: GlobalState, best: Best | None, mean: np.ndarray, sigma: float) -> GlobalState:
+    """The state after round ``state.round`` made the new global prompt ``mean`` (its step floored)."""
     sigma = max(sigma, spec.search.step_floor)
+    mean = on_wire(mean, spec.wire)
+    return replace(
+        state,
+        round=state.round + 1,
+        mean=mean,
+        sigma=sigma,
+        mean_round=state.round,
+        best=best,
+        pending=(),
+        candidates=(),
+    )
+
+
+def ranked(spec: JobSpec, state: GlobalState, reports: list[Scores], counts: list[int], record: dict):
+    """Close a rank round: each pending mean's fitness becomes the parties' trimmed pooled loss of it, and the
+    better half by that loss makes the new mean with CMA-ES weights. Example counts give no say here: they are
+    the senders' claims too."""
+    losses = [pooled_loss(spec, [report.losses[i] for report in reports], counts) for i in range(len(state.pending))]
+    updates = [replace(update, fitness=loss) for update, loss in zip(state.pending, losses, strict=True)]
+    mean, sigma = aggregate.fedbpt(state.sigma, updates, "fitness", spec.search.step_rule, spec.search.population)
+    new = moved(spec, state, state.best, mean, sigma)
     record |= {
-        "sigma": sigma,
-        "fitness": aggregate.pooled([report.fitness for report in reports], counts),
+        "cross_losses": {update.party: loss for update, loss in zip(updates, losses, strict=True)},
+        "best_round": state.best.round,
+        "sigma": new.sigma,
         "mean_norm": float(np.linalg.norm(mean)),
     }
-    new = replace(state, round=state.round + 1, mean=on_wire(mean, spec.wire), sigma=sigma, mean_round=state.round)
-    return replace(new, best=best), record
+    return new, record
 
 
 def pooled_loss(spec: JobSpec, losses: list[float], counts: list[int]) -> float:
@@ -150,8 +195,9 @@ def new_mean(spec: JobSpec, state: GlobalState, updates: list[Update]) -> tuple[
 
 
 def round_message(spec: JobSpec, state: GlobalState) -> dict:
-    """What a party needs of the open round (the server adds the job, its status, the deadline)."""
-    return {
+    """What a party needs of the open round (the server adds the job, its status, the deadline); a rank round
+    adds the means to score, without their senders' names."""
+    message = {
         "round": state.round,
         "kind": kind(spec, state),
         "mean": encode_vector(state.mean, spec.wire),
@@ -159,12 +205,18 @@ def round_message(spec: JobSpec, state: GlobalState) -> dict:
         "start": state.start,
         "mean_round": state.mean_round,
     }
+    if state.candidates:
+        message["candidates"] = [encode_vector(mean, spec.wire) for mean in state.candidates]
+    return message
 
 
 def party_state(spec: JobSpec, message: dict) -> GlobalState:
     """The open round as a party sees it, from ``round_message``'s fields."""
     mean = decode_vector(message["mean"], spec.wire)
-    return GlobalState(message["round"], mean, message["sigma"], message["start"], message["mean_round"])
+    candidates = tuple(decode_vector(vector, spec.wire) for vector in message.get("candidates", []))
+    return GlobalState(
+        message["round"], mean, message["sigma"], message["start"], message["mean_round"], candidates=candidates
+    )
 
 
 def report_body(spec: JobSpec, report: Update | Scores) -> dict:

@@ -110,7 +110,8 @@ def honest_report(
     party: str,
 ) -> Update | Scores:
     """This party's report for the open round: its losses of the start candidates on all its examples (round 0),
-    its update (a search round), or its loss of the last prompt (the final round).
+    its update (a search round), its losses of a search round's means (a rank round), or its loss of the last
+    prompt (the final round).
 
     With ``spec.data.validation`` > 0 a seeded share of the party's examples is kept from its local search, and
     the round's prompt is scored on those: the pooled loss that keeps the best prompt is then measured on
@@ -129,6 +130,10 @@ def honest_report(
     # Round 0 (the start round) draws nothing, so its seed is free to split the examples, the same way every round.
     searching, scoring = validation_split(len(labels), spec.data.validation, party_seed(spec.seed, party_index, 0))
     held = [examples[i] for i in scoring]
+    if kind == "rank":  # the search round's means, each scored on examples that no search here has fitted
+        losses = model.loss(np.stack(state.candidates), held, labels[scoring], spec.search.loss)
+        scored = tuple(float(loss) for loss in losses)
+        return Scores(party, state.round, scored, len(labels), time.perf_counter() - started)
     loss = float(model.loss(state.mean[None], held, labels[scoring], spec.search.loss)[0])
     if kind == "final":
         return Scores(party, state.round, (loss,), len(labels), time.perf_counter() - started)

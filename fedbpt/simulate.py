@@ -23,7 +23,7 @@ from fedbpt.federation import Federation, party_seed, prepare, round_parties, ze
 from fedbpt.protocol import GlobalState, encode_vector
 from fedbpt.results import finishing, write_json
 from fedbpt.search import respond
-from fedbpt.spec import JobSpec, to_dict
+from fedbpt.spec import JobSpec, round_kinds, to_dict
 from fedbpt.tracking import RunLog, provenance, round_event
 
 
@@ -128,12 +128,12 @@ def simulate(
         baselines = {key: results[key] for key in ("zero_shot", "zero_shot_calibrated")}
         log.write({"event": "run", "spec": results["spec"], **results["provenance"], **baselines})
     state = rounds.initial(spec)
-    total = sum(len(round_parties(spec, number)) for number in range(state.round, spec.federation.rounds + 2))
+    total = sum(len(round_parties(spec, number)) for number in range(state.round, len(round_kinds(spec)) + 1))
     bar = tqdm(total=total, desc="party rounds", unit="party")
     with finishing(results, save, bar, started):
         while not rounds.finished(spec, state):
             state, record = play_round(spec, federation, state, bar.update, attack)
-            if record["kind"] == "start" or (record["kind"] == "search" and record["round"] % eval_every == 0):
+            if record["kind"] == "start" or (record["kind"] != "final" and record["round"] % eval_every == 0):
                 record["accuracy"] = evaluate(state, state.mean, state.mean_round)
             record["elapsed"] = time.perf_counter() - started
             results["rounds"].append(record)
@@ -155,7 +155,7 @@ def simulate(
 def progress_note(record: dict) -> str:
     """The progress bar's note on a closed round: its pooled loss, the best round so far and the accuracy."""
     accuracy = f", accuracy {record['accuracy']:.4f}" if "accuracy" in record else ""
-    loss = f"loss {record['loss']:.4f} (lower is better)"
+    loss = f"loss {record['loss']:.4f} (lower is better)" if "loss" in record else "ranked the means"
     return f"round {record['round']}: {loss}, best round {record['best_round']}{accuracy}"
 
 

@@ -34,11 +34,12 @@ RANKINGS = ("examples", "fitness", "all")
 SEARCHES = ("cma-es", "zo-sgd")
 STEP_RULES = ("code", "paper")
 PARTITIONS = ("iid", "dirichlet")
-ROBUST_RULES = ("none", "clip", "trimmed")
+ROBUST_RULES = ("none", "clip", "trimmed", "cross")
 WIRES = ("float16", "float32")
 MAX_ROUNDS = 100_000
+MAX_PARTIES = 100_000
 MAX_NORM = 1e4  # the largest prompt vector a party may send (fedbpt.aggregate refuses longer ones)
-LAST_ROUND = MAX_ROUNDS + 1  # the final scoring round of the longest job: every round number is in [0, this]
+LAST_ROUND = 2 * MAX_ROUNDS + 1  # the final scoring round of the longest job: every round number is in [0, this]
 
 
 class SpecError(UserError, ValueError):
@@ -104,17 +105,19 @@ class SearchSpec:
 
 @dataclass(frozen=True, config=STRICT)
 class FederationSpec:
-    parties: int = Field(10, ge=1, le=100_000, description="parties (and data shards) in the job")
+    parties: int = Field(10, ge=1, le=MAX_PARTIES, description="parties (and data shards) in the job")
     rounds: int = Field(8, ge=1, le=MAX_ROUNDS, description="search rounds")
-    parties_per_round: int = Field(0, ge=0, le=100_000, description="a round closes at this many reports; 0 = all")
-    quorum: int = Field(0, ge=0, le=100_000, description="after the deadline, close at this many; 0 = per round")
+    parties_per_round: int = Field(0, ge=0, le=MAX_PARTIES, description="a round closes at this many reports; 0 = all")
+    quorum: int = Field(0, ge=0, le=MAX_PARTIES, description="after the deadline, close at this many; 0 = per round")
     deadline_s: float = Field(600.0, gt=0, le=7 * 24 * 3600, description="round deadline in seconds")
     aggregator: Literal[AGGREGATORS] = Field("fedbpt", description="fedbpt, or fedavg (FedAvg-BBT)")
     ranking: Literal[RANKINGS] = Field("examples", description="how fedbpt ranks and weights the parties' means")
     robust: Literal[ROBUST_RULES] = Field(
         "none",
         description="none; clip: each mean's move clipped to the median move, the pooled loss trimmed; "
-        "trimmed: a coordinate-wise trimmed mean of the means, the pooled loss trimmed",
+        "trimmed: a coordinate-wise trimmed mean of the means, the pooled loss trimmed; "
+        "cross: after each search round a rank round, where every party scores the others' means on its "
+        "held-back share and the means are ranked by their trimmed pooled loss, not by what their senders claim",
     )
     trim: float = Field(0.2, ge=0, lt=0.5, description="robust rules: share of reports trimmed at each end")
 
@@ -123,6 +126,8 @@ class FederationSpec:
             raise ValueError(f"parties_per_round ({self.parties_per_round}) cannot exceed parties ({self.parties})")
         if self.needed > self.per_round:
             raise ValueError(f"federation.quorum ({self.quorum}) cannot exceed parties_per_round ({self.per_round})")
+        if self.robust == "cross" and self.aggregator != "fedbpt":
+            raise ValueError("robust 'cross' ranks fedbpt's population of means: use aggregator 'fedbpt'")
 
     @property
     def per_round(self) -> int:
@@ -251,6 +256,14 @@ def load(path: Path) -> JobSpec:
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         raise SpecError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {error}") from None
     return from_dict(data)
+
+
+def round_kinds(spec: JobSpec) -> list[str]:
+    """The kinds of a job's rounds 1, 2, ... in order: each search round (followed, under robust 'cross', by the
+    rank round that ranks its means), then the final scoring round. Round 0, the start round, comes first when
+    the spec has several starts."""
+    search = ["search", "rank"] if spec.federation.robust == "cross" else ["search"]
+    return search * spec.federation.rounds + ["final"]
 
 
 def to_toml(spec: JobSpec) -> str:

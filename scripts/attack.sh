@@ -4,7 +4,7 @@
 # under each robust rule, against the attack-free run.
 # Prints one line per run, then for the robust default its worst attack:
 #   attack=<name> clean=<acc> attacked=<acc> drop_points=<x>
-#   bash scripts/attack.sh [seeds] [rules] [cell]     (default: "42", "none clip trimmed" and small)
+#   bash scripts/attack.sh [seeds] [rules] [cell]     (default: "42", "none clip trimmed cross" and small)
 # cell small: 10 parties x 8 examples, 3 rounds of 2 iterations, population 4, 300 held-out rows (3-5 minutes
 # per run on 2 cores); cell issue: the job spec's defaults (10 parties x 16 examples, 8 rounds of 4 iterations,
 # population 5) scored on all 872 dev rows at the start and the end, on 1 torch thread. Finished runs are kept
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-42}
-rules=${2:-none clip trimmed}
+rules=${2:-none clip trimmed cross}
 default_rule=$(.venv/bin/python -c 'from fedbpt.spec import JobSpec; print(JobSpec().federation.robust)')
 cell=${3:-small}
 case $cell in

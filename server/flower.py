@@ -222,7 +222,7 @@ class FedBPT(Strategy):
             )
             self.aggregate_train(number, replies)
             record = self.record | {"seconds": time.perf_counter() - started}
-            if record["kind"] == "start" or (record["kind"] == "search" and record["round"] % eval_every == 0):
+            if record["kind"] == "start" or (record["kind"] != "final" and record["round"] % eval_every == 0):
                 record["accuracy"] = evaluate(self.state, self.state.mean, self.state.mean_round)
             results["rounds"].append(record)
             results["state"] = self.state.to_dict()

@@ -24,7 +24,7 @@ from pydantic.json_schema import JsonSchemaValue
 from fedbpt.aggregate import MAX_LOSS, MAX_SIGMA
 from fedbpt.objective import STARTS
 from fedbpt.rounds import KINDS
-from fedbpt.spec import LAST_ROUND, JobSpec, from_dict
+from fedbpt.spec import LAST_ROUND, MAX_PARTIES, JobSpec, from_dict
 from fedbpt.tasks import BUILTIN_TASKS
 
 Status = Literal["running", "finished", "cancelled"]
@@ -99,7 +99,10 @@ def refusals(*statuses: int, codes: dict[int, str] | None = None) -> dict[int | 
 class Job(BaseModel):
     id: str
     status: Status
-    round: int = Field(description="the open round: 0 chooses the start, 1..R search, R + 1 scores the last prompt")
+    round: int = Field(
+        description="the open round: 0 chooses the start, then R search rounds (each followed by a rank round under "
+        "robust 'cross'), then the final round scores the last prompt"
+    )
     kind: Literal[KINDS]
     sigma: float
     spec: Spec
@@ -158,11 +161,16 @@ class RoundInfo(BaseModel):
     job: str
     status: Status
     round: int
-    kind: Literal[KINDS] = Field(description="start: score the starting prompts; search: search; final: score")
+    kind: Literal[KINDS] = Field(
+        description="start: score the starting prompts; search: search; rank: score the candidates; final: score"
+    )
     mean: str = Field(description="the round's global prompt z, base64 little-endian floats of the job's wire")
     sigma: float = Field(description="the step the round's local searches start with")
     start: str = Field(description="the chosen starting prompt ('' while the start round is open)")
     mean_round: int = Field(description="the round after which mean was the global prompt")
+    candidates: list[str] = Field(
+        [], description="a rank round's means to score, in the job's wire precision like mean (other rounds: none)"
+    )
     deadline: float | None = Field(description="unix time after which the round closes at quorum")
     submitted: bool = Field(description="whether this party's report for the round is in")
 
@@ -199,8 +207,9 @@ class ScoresReport(Strict):
     round: int = Field(ge=0, le=LAST_ROUND)
     losses: list[float] = Field(
         min_length=1,
-        max_length=len(STARTS),
-        description="one per candidate: each starting prompt in the start round, the last prompt in the final one",
+        max_length=MAX_PARTIES,
+        description="one per candidate: each starting prompt in the start round, each mean in a rank round, the "
+        "last prompt in the final one",
         json_schema_extra={"items": {"type": "number", **A_LOSS}},
     )
     n_examples: int = Field(ge=1, le=100_000_000)

@@ -121,6 +121,16 @@ def test_a_round_crosses_as_the_party_state_it_was():
     back = flower.state_of(flower.round_content(spec, state))
     assert (back.round, back.sigma, back.start, back.mean_round) == (2, 0.3, "vocabulary", 1)
     np.testing.assert_array_equal(back.mean, state.mean)
+    assert back.candidates == ()
+
+
+def test_a_rank_round_crosses_with_its_candidate_means():
+    spec = small_spec("tiny", federation={"robust": "cross"})
+    means = tuple(on_wire(np.full(16, value), "float16") for value in (0.5, -1.25))
+    state = GlobalState(2, np.zeros(16), 0.3, "vocabulary", 0, candidates=means)
+    back = flower.state_of(flower.round_content(spec, state))
+    assert dict(flower.round_content(spec, state)["round"])["kind"] == "rank"
+    assert len(back.candidates) == 2 and all(np.array_equal(a, b) for a, b in zip(back.candidates, means, strict=True))
 
 
 @pytest.mark.parametrize(

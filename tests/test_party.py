@@ -109,6 +109,33 @@ def test_three_client_processes_finish_a_job_across_a_server_kill_where_the_simu
     assert np.array_equal(prompt.z, decode_vector(simulated["prompt"]["z"]))
 
 
+def test_a_cross_ranked_job_run_by_client_processes_ends_where_the_simulator_ends(tmp_path, tiny_model_dir):
+    """Under robust 'cross' the server sends each rank round the search round's means (from its store) and the
+    three client processes score them; the job's rounds and prompt are the simulator's."""
+    spec = job_spec(tiny_model_dir, federation={"robust": "cross"})
+    server = ServerProcess(tmp_path / "server.db").start()
+    try:
+        admin = Api(server.url, ADMIN_TOKEN)
+        job = admin.create_job(to_dict(spec))["id"]
+        tokens = [admin.add_party(job, f"party-{i}")["token"] for i in range(3)]
+        clients = [start_client(server, token, shard) for shard, token in enumerate(tokens)]
+        outputs = [client.communicate(timeout=240)[0].decode() for client in clients]
+        for client, output in zip(clients, outputs, strict=True):
+            assert client.returncode == 0, output
+            assert "round 2 (rank): scored 3 means" in output
+        history = admin.history(job)
+        prompt = LearnedPrompt.from_dict(admin.prompt(job))
+    finally:
+        server.stop()
+    simulated = simulate(spec, load_backend(str(tiny_model_dir), dtype="float32", threads=1))
+    kinds = [(r["round"], r["kind"]) for r in history["rounds"]]
+    assert (2, "rank") in kinds and kinds == [(r["round"], r["kind"]) for r in simulated["rounds"]]
+    served = [r["cross_losses"] for r in history["rounds"] if r["kind"] == "rank"]
+    assert served == [pytest.approx(r["cross_losses"]) for r in simulated["rounds"] if r["kind"] == "rank"]
+    assert (prompt.start, prompt.round) == (simulated["prompt"]["start"], simulated["prompt"]["round"])
+    assert np.array_equal(prompt.z, decode_vector(simulated["prompt"]["z"]))
+
+
 def test_a_shard_holds_what_the_simulators_party_holds(backend):
     spec = small_spec()
     federation = prepare(spec, backend)

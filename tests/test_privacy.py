@@ -65,3 +65,11 @@ def test_a_job_over_its_budget_is_refused_naming_the_rounds_it_can_afford():
         UserError, match=r"4 search rounds spend epsilon .* over its budget .*: use at most [0-3] rounds"
     ):
         privacy.check_budget(tight)
+
+
+def test_under_cross_each_rank_round_releases_one_loss_per_mean_a_party_scores():
+    spec = from_dict(
+        {"federation": {"rounds": 2, "parties": 6, "robust": "cross"}, "privacy": {"clip": 1.0, "noise": 2.0}}
+    )
+    assert privacy.job_kinds(spec) == ["start", "search", "rank", "search", "rank", "final"]
+    assert privacy.releases(spec, privacy.job_kinds(spec)) == 2 + 2 * (3 + 6) + 1

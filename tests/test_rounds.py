@@ -7,7 +7,7 @@ import pytest
 
 from fedbpt import aggregate, objective, rounds
 from fedbpt.protocol import Best, GlobalState, InvalidUpdate, Scores, Update, on_wire
-from fedbpt.spec import from_dict, replace
+from fedbpt.spec import from_dict, replace, round_kinds
 
 DIM = 4
 SPEC = from_dict(
@@ -338,3 +338,84 @@ def test_a_scores_report_round_trips_through_its_body():
 def test_malformed_report_bodies_are_invalid_updates(body, reason):
     with pytest.raises(InvalidUpdate, match=reason):
         rounds.report_from_body(SPEC, "p", body)
+
+
+CROSS = replace(SPEC, federation={"robust": "cross", "parties": 5})
+
+
+def test_under_cross_every_search_round_is_followed_by_a_rank_round():
+    assert round_kinds(CROSS) == ["search", "rank", "search", "rank", "final"]
+    assert round_kinds(SPEC) == ["search", "search", "final"]
+    state = replace_round(rounds.initial(CROSS), 5, "instruction")
+    assert rounds.kind(CROSS, state) == "final" and not rounds.finished(CROSS, state)
+    assert rounds.finished(CROSS, replace_round(state, 6, "instruction"))
+
+
+def replace_round(state: GlobalState, round_number: int, start: str) -> GlobalState:
+    return GlobalState(round_number, state.mean, state.sigma, start, state.mean_round, state.best)
+
+
+def honest_and_lying_updates() -> list[Update]:
+    """Four honest parties near the global mean and a liar claiming the best fitness for a far-off mean."""
+    means = [on_wire(np.full(DIM, 0.1 * (i + 1)), SPEC.wire) for i in range(4)]
+    honest = [update(f"p{i}", 1, 0.5, mean, fitness=0.4 + 0.01 * i) for i, mean in enumerate(means)]
+    return honest + [update("p4", 1, 0.001, np.full(DIM, 50.0), fitness=0.001)]
+
+
+def test_a_cross_search_round_leaves_its_means_to_the_rank_round_which_ranks_them_by_the_others_losses():
+    state = GlobalState(1, np.zeros(DIM), 0.5, "instruction", 0, Best(0, np.zeros(DIM), 0.6))
+    ranking, record = rounds.close(CROSS, state, honest_and_lying_updates())
+    assert (ranking.round, rounds.kind(CROSS, ranking), record["candidates"]) == (2, "rank", 5)
+    np.testing.assert_array_equal(ranking.mean, state.mean)  # no new prompt before the ranking
+    assert rounds.candidates(CROSS, ranking) == 5 and [u.party for u in ranking.pending] == [f"p{i}" for i in range(5)]
+    # The honest parties score the liar's mean badly; the liar scores everything near zero (trimmed away).
+    honest_losses = [0.45, 0.44, 0.43, 0.42, 2.0]
+    reports = [scores(f"p{i}", 2, honest_losses) for i in range(4)] + [scores("p4", 2, [0.001] * 5)]
+    after, ranked = rounds.close(CROSS, ranking, reports)
+    assert (after.round, after.mean_round, after.pending, after.candidates) == (3, 2, (), ())
+    assert ranked["cross_losses"]["p4"] == pytest.approx(2.0) and ranked["cross_losses"]["p3"] == pytest.approx(0.42)
+    assert np.all(after.mean <= 0.4 + 1e-3) and np.all(after.mean >= 0.2)  # the better half: p3, p2 (0.4, 0.3)
+    plain, _ = rounds.close(replace(CROSS, federation={"robust": "none"}), state, honest_and_lying_updates())
+    assert np.all(plain.mean > 10)  # ranked by their claims, the liar leads the round
+
+
+def test_a_cross_state_round_trips_through_json_and_its_message_carries_the_means_without_their_senders():
+    state = GlobalState(1, np.zeros(DIM), 0.5, "instruction", 0, Best(0, np.zeros(DIM), 0.6))
+    ranking, _ = rounds.close(CROSS, state, honest_and_lying_updates())
+    again = GlobalState.from_dict(json.loads(json.dumps(ranking.to_dict())))
+    assert [repr(u) for u in again.pending] == [repr(u) for u in ranking.pending]
+    assert all(np.array_equal(a, b) for a, b in zip(again.candidates, ranking.candidates, strict=True))
+    message = json.loads(json.dumps(rounds.round_message(CROSS, ranking)))
+    assert message["kind"] == "rank" and len(message["candidates"]) == 5 and "p4" not in json.dumps(message)
+    seen = rounds.party_state(CROSS, message)
+    assert all(np.array_equal(a, b) for a, b in zip(seen.candidates, ranking.candidates, strict=True))
+    assert seen.pending == ()
+
+
+def test_a_rank_round_takes_one_loss_per_mean():
+    state = GlobalState(1, np.zeros(DIM), 0.5, "instruction", 0, Best(0, np.zeros(DIM), 0.6))
+    ranking, _ = rounds.close(CROSS, state, honest_and_lying_updates())
+    with pytest.raises(InvalidUpdate, match="losses has 4 entries; this round scores 5"):
+        rounds.validate(CROSS, ranking, scores("p0", 2, [0.5] * 4))
+    with pytest.raises(InvalidUpdate, match="is a rank round: send a 'scores' report"):
+        rounds.validate(CROSS, ranking, update("p0", 2, 0.5, np.zeros(DIM)))
+
+
+def test_a_worse_cross_search_round_skips_its_rank_round():
+    spec = replace(CROSS, federation={"rounds": 3})
+    reports = [replace_party(report, 3) for report in honest_and_lying_updates()]  # a trimmed pooled loss of 0.5
+    state = GlobalState(3, np.ones(DIM), 0.5, "instruction", 2, Best(0, np.zeros(DIM), 0.3))
+    after, record = rounds.close(spec, state, reports)
+    assert record["backtracked"] and (after.round, rounds.kind(spec, after), after.pending) == (5, "search", ())
+    last = GlobalState(5, np.ones(DIM), 0.5, "instruction", 4, Best(0, np.zeros(DIM), 0.3))
+    after, _ = rounds.close(spec, last, [replace_party(report, 5) for report in reports])
+    assert rounds.finished(spec, after)  # the last search dropped: nothing new left to score
+
+
+def replace_party(report: Update, round_number: int) -> Update:
+    return Update(**{**report.__dict__, "round": round_number})
+
+
+def test_cross_needs_fedbpts_population():
+    with pytest.raises(ValueError, match="robust 'cross' ranks fedbpt's population"):
+        replace(SPEC, federation={"robust": "cross", "aggregator": "fedavg"})

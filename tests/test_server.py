@@ -712,7 +712,7 @@ def test_evaluations_are_stored_once_per_prompt_round_and_pooled_in_the_history(
     report = {"accuracy": 0.75, "n_examples": 20}
     assert_error(client.post(path.format(1), json=report, headers=bearer(tokens["a"])), 409, "future_round")
     beyond = client.post(path.format(SPEC.federation.rounds + 1), json=report, headers=bearer(tokens["a"]))
-    assert_error(beyond, 422, "no_such_prompt", "3 search rounds")
+    assert_error(beyond, 422, "no_such_prompt", "last prompt is the one after round 3")
     too_high = client.post(path.format(0), json={**report, "accuracy": 1.5}, headers=bearer(tokens["a"]))
     assert_error(too_high, 422, "invalid_request", "accuracy")
     for bad_round in (-1, -(2**63) - 1, 2**63):  # once stored as round -1, or a 500 from SQLite

@@ -256,3 +256,14 @@ def test_a_private_federation_records_the_epsilon_spent_after_each_round(backend
     assert len(spent) == len(results["rounds"]) and spent == sorted(spent) and spent[0] > 0
     events = [json.loads(line) for line in (tmp_path / "private.events.jsonl").read_text().splitlines()]
     assert [event["epsilon"] for event in events if event["event"] == "round"] == spent
+
+
+def test_under_cross_the_liars_mean_is_ranked_by_the_others_losses_in_a_rank_round_after_each_search(backend):
+    liar = Attack("fake-loss", (0,))
+    results = simulate.simulate(attack_spec("cross"), backend, attack=liar)
+    assert [record["kind"] for record in results["rounds"]] == ["start", "search", "rank", "search", "rank", "final"]
+    for search, rank in zip(results["rounds"][1::2], results["rounds"][2::2], strict=False):
+        assert search["candidates"] == 5 and set(rank["cross_losses"]) == set(search["parties"])
+        assert rank["cross_losses"]["party-0"] > 0.1  # what the others measured, not the liar's 0.001
+    assert results["best_round"] in (0, 2, 4)  # a prompt is made by the start or a rank round
+    assert "ranked 5 means by the parties' losses" in results_module.summary(results)
