@@ -130,12 +130,13 @@ def close(spec: JobSpec, state: GlobalState, reports: list[Update | Scores]) -> 
         record |= {"backtracked": True, "sigma": sigma}
         return replace(state, round=following, mean=best.mean, sigma=sigma, mean_round=best.round, best=best), record
     record["fitness"] = aggregate.pooled([report.fitness for report in reports], counts)
-    if kind(spec, replace(state, round=state.round + 1)) == "rank":
+    if spec.federation.robust == "cross":  # the rank round that follows ranks the means
         means = tuple(report.mean for report in reports)
         record |= {"candidates": len(means), "sigma": state.sigma}
         return replace(state, round=state.round + 1, best=best, pending=tuple(reports), candidates=means), record
     mean, sigma = new_mean(spec, state, reports)
-    return moved(spec, state, best, mean, sigma), record | {"sigma": sigma, "mean_norm": float(np.linalg.norm(mean))}
+    new = moved(spec, state, best, mean, sigma)
+    return new, record | {"sigma": new.sigma, "mean_norm": float(np.linalg.norm(mean))}
 
 
 def moved(spec: JobSpec, state: GlobalState, best: Best | None, mean: np.ndarray, sigma: float) -> GlobalState:
@@ -154,10 +155,12 @@ def moved(spec: JobSpec, state: GlobalState, best: Best | None, mean: np.ndarray
     )
 
 
-def ranked(spec: JobSpec, state: GlobalState, reports: list[Scores], counts: list[int], record: dict):
+def ranked(
+    spec: JobSpec, state: GlobalState, reports: list[Scores], counts: list[int], record: dict
+) -> tuple[GlobalState, dict]:
     """Close a rank round: each pending mean's fitness becomes the parties' trimmed pooled loss of it, and the
-    better half by that loss makes the new mean with CMA-ES weights. Example counts give no say here: they are
-    the senders' claims too."""
+    better half by that loss makes the new mean with CMA-ES weights (not weighted by the senders' example
+    counts, which are their claims too)."""
     losses = [pooled_loss(spec, [report.losses[i] for report in reports], counts) for i in range(len(state.pending))]
     updates = [replace(update, fitness=loss) for update, loss in zip(state.pending, losses, strict=True)]
     mean, sigma = aggregate.fedbpt(state.sigma, updates, "fitness", spec.search.step_rule, spec.search.population)
