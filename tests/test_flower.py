@@ -97,8 +97,8 @@ def test_a_node_on_another_model_is_refused_before_any_round(tiny_model_dir, tmp
     pinned = pin(small_spec(str(tiny_model_dir)), load_backend(str(tiny_model_dir)))
     spec = replace(pinned, model={"identity": "llama-64-0123456789ab"})
     out = tmp_path / "refused.json"
-    with pytest.raises(Exception, match="cannot take part"):
-        flower_run(RunSettings(spec, out=out, connect_timeout_s=120))
+    with pytest.raises(Exception, match="cannot take part"):  # the timeout only bounds a node slowed by load
+        flower_run(RunSettings(spec, out=out, connect_timeout_s=600))
     assert not out.exists()
 
 
@@ -125,7 +125,7 @@ def test_a_round_crosses_as_the_party_state_it_was():
 
 
 def test_a_rank_round_crosses_with_its_candidate_means():
-    spec = small_spec("tiny", federation={"robust": "cross"})
+    spec = replace(small_spec("tiny"), federation={"robust": "cross"})
     means = tuple(on_wire(np.full(16, value), "float16") for value in (0.5, -1.25))
     state = GlobalState(2, np.zeros(16), 0.3, "vocabulary", 0, candidates=means)
     back = flower.state_of(flower.round_content(spec, state))
