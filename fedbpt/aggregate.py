@@ -96,6 +96,14 @@ def clipped(updates: list[Update], center: np.ndarray) -> list[Update]:
     return scaled
 
 
+def best_measured(updates: list[Update], losses: list[float], trim: float) -> list[Update]:
+    """The updates left after dropping the ``trim`` share whose means others measured the worst ``losses`` for
+    (ties: the later update goes), in their order."""
+    cut = int(trim * len(updates))
+    worst = set(np.argsort(losses, kind="stable")[len(updates) - cut :].tolist())
+    return [update for i, update in enumerate(updates) if i not in worst]
+
+
 def trimmed_mean(vectors: np.ndarray, trim: float) -> np.ndarray:
     """The coordinate-wise mean after dropping the ``trim`` share of the highest and lowest values in each."""
     cut = int(trim * len(vectors))

@@ -1,15 +1,15 @@
 """A job's rounds as pure functions: (spec, state, reports) -> (next state, record).
 
-Round 0 chooses the start: every party scores each candidate starting prompt (``spec.prompt.starts``, at
-z = 0) on its training data and the example-weighted best wins (with a single candidate there is no round 0).
-Then R search rounds: each party first scores the round's global prompt on its training data (the calibrated
-loss, example-weighted over the parties: the *pooled* loss), then runs its local search from it. Under the
-robust rule ``cross`` each search round is followed by a rank round: every party scores all the search round's
-means on its held-back share, and the means are ranked by their trimmed pooled loss, so no party's claim about
-its own search decides the round. The final round scores the last prompt (``spec.round_kinds`` lists them).
-The state keeps the best prompt so far by pooled loss; when a round's prompt scores worse than the best, the
-next search round restarts from the best with a smaller step (backtracking), so a job cannot end below its
-start. What a job returns is the best prompt, with its round.
+Round 0 chooses the start: every party scores each candidate starting prompt (``spec.prompt.starts``, at z = 0) on
+its training data and the example-weighted best wins (with a single candidate there is no round 0). Then R search
+rounds: each party first scores the round's global prompt on its training data (the calibrated loss,
+example-weighted over the parties: the *pooled* loss), then runs its local search from it. Under the robust rule
+``cross`` each search round is followed by a rank round: every party scores all the search round's means on its
+held-back share, and the means the parties measured worst are dropped before the usual aggregation, so a mean its
+sender's claims alone carried cannot lead the round. The final round scores the last prompt (``spec.round_kinds``
+lists them). The state keeps the best prompt so far by pooled loss; when a round's prompt scores worse than the
+best, the next search round restarts from the best with a smaller step (backtracking), so a job cannot end below
+its start. What a job returns is the best prompt, with its round.
 
 The simulator and the server call ``close`` with the same reports and get the same state.
 """
@@ -158,15 +158,16 @@ def moved(spec: JobSpec, state: GlobalState, best: Best | None, mean: np.ndarray
 def ranked(
     spec: JobSpec, state: GlobalState, reports: list[Scores], counts: list[int], record: dict
 ) -> tuple[GlobalState, dict]:
-    """Close a rank round: each pending mean's fitness becomes the parties' trimmed pooled loss of it, and the
-    better half by that loss makes the new mean with CMA-ES weights (not weighted by the senders' example
-    counts, which are their claims too)."""
+    """Close a rank round: the ``trim`` share of the pending means with the worst trimmed pooled loss (as the
+    parties measured them, not as their senders claimed) is dropped, and the rest make the new mean by the job's
+    usual rule."""
     losses = [pooled_loss(spec, [report.losses[i] for report in reports], counts) for i in range(len(state.pending))]
-    updates = [replace(update, fitness=loss) for update, loss in zip(state.pending, losses, strict=True)]
-    mean, sigma = aggregate.fedbpt(state.sigma, updates, "fitness", spec.search.step_rule, spec.search.population)
+    kept = aggregate.best_measured(list(state.pending), losses, spec.federation.trim)
+    mean, sigma = new_mean(spec, state, kept)
     new = moved(spec, state, state.best, mean, sigma)
     record |= {
-        "cross_losses": {update.party: loss for update, loss in zip(updates, losses, strict=True)},
+        "cross_losses": {update.party: loss for update, loss in zip(state.pending, losses, strict=True)},
+        "dropped": sorted({update.party for update in state.pending} - {update.party for update in kept}),
         "best_round": state.best.round,
         "sigma": new.sigma,
         "mean_norm": float(np.linalg.norm(mean)),

@@ -116,8 +116,8 @@ class FederationSpec:
         "none",
         description="none; clip: each mean's move clipped to the median move, the pooled loss trimmed; "
         "trimmed: a coordinate-wise trimmed mean of the means, the pooled loss trimmed; "
-        "cross: after each search round a rank round, where every party scores the others' means on its "
-        "held-back share and the means are ranked by their trimmed pooled loss, not by what their senders claim",
+        "cross: after each search round a rank round, where every party scores the round's means on its "
+        "held-back share; the trim share of means with the worst trimmed pooled loss is dropped before aggregating",
     )
     trim: float = Field(0.2, ge=0, lt=0.5, description="robust rules: share of reports trimmed at each end")
 
@@ -126,8 +126,6 @@ class FederationSpec:
             raise ValueError(f"parties_per_round ({self.parties_per_round}) cannot exceed parties ({self.parties})")
         if self.needed > self.per_round:
             raise ValueError(f"federation.quorum ({self.quorum}) cannot exceed parties_per_round ({self.per_round})")
-        if self.robust == "cross" and self.aggregator != "fedbpt":
-            raise ValueError("robust 'cross' ranks fedbpt's population of means: use aggregator 'fedbpt'")
 
     @property
     def per_round(self) -> int:

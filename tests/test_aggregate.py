@@ -275,3 +275,10 @@ def test_a_trimmed_mean_ignores_one_wild_mean_per_coordinate():
     vectors = np.array([[1.0, -1.0], [2.0, -2.0], [3.0, -3.0], [1e4, 1e4], [2.5, -2.5]])
     np.testing.assert_allclose(aggregate.trimmed_mean(vectors, 0.2), [2.5, -5.5 / 3])  # one dropped at each end
     np.testing.assert_allclose(aggregate.trimmed_mean(vectors, 0.0), vectors.mean(axis=0))
+
+
+def test_best_measured_drops_the_trim_share_with_the_worst_measured_losses():
+    reports = [Update(f"p{i}", 1, 0.5, np.full(2, float(i)), (0.5,), 0.5, 0.5, 4) for i in range(5)]
+    kept = aggregate.best_measured(reports, [0.3, 0.9, 0.2, 0.5, 0.9], trim=0.4)
+    assert [update.party for update in kept] == ["p0", "p2", "p3"]  # p1 and p4 tie for the worst: both go
+    assert aggregate.best_measured(reports, [0.1] * 5, trim=0.1) == reports  # 0.1 x 5 parties: none dropped

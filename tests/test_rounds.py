@@ -362,7 +362,7 @@ def honest_and_lying_updates() -> list[Update]:
     return honest + [update("p4", 1, 0.001, np.full(DIM, 50.0), fitness=0.001)]
 
 
-def test_a_cross_search_round_leaves_its_means_to_the_rank_round_which_ranks_them_by_the_others_losses():
+def test_a_cross_search_round_leaves_its_means_to_the_rank_round_which_drops_those_the_others_measured_worst():
     state = GlobalState(1, np.zeros(DIM), 0.5, "instruction", 0, Best(0, np.zeros(DIM), 0.6))
     ranking, record = rounds.close(CROSS, state, honest_and_lying_updates())
     assert (ranking.round, rounds.kind(CROSS, ranking), record["candidates"]) == (2, "rank", 5)
@@ -374,7 +374,10 @@ def test_a_cross_search_round_leaves_its_means_to_the_rank_round_which_ranks_the
     after, ranked = rounds.close(CROSS, ranking, reports)
     assert (after.round, after.mean_round, after.pending, after.candidates) == (3, 2, (), ())
     assert ranked["cross_losses"]["p4"] == pytest.approx(2.0) and ranked["cross_losses"]["p3"] == pytest.approx(0.42)
-    assert np.all(after.mean <= 0.4 + 1e-3) and np.all(after.mean >= 0.2)  # the better half: p3, p2 (0.4, 0.3)
+    assert ranked["dropped"] == ["p4"]
+    honest_only, _ = rounds.close(CROSS, state, honest_and_lying_updates()[:4])
+    expected = rounds.new_mean(CROSS, honest_only, list(honest_only.pending))[0]
+    np.testing.assert_array_equal(after.mean, on_wire(expected, CROSS.wire))  # the usual rule on the rest
     plain, _ = rounds.close(replace(CROSS, federation={"robust": "none"}), state, honest_and_lying_updates())
     assert np.all(plain.mean > 10)  # ranked by their claims, the liar leads the round
 
@@ -414,8 +417,3 @@ def test_a_worse_cross_search_round_skips_its_rank_round():
 
 def replace_party(report: Update, round_number: int) -> Update:
     return Update(**{**report.__dict__, "round": round_number})
-
-
-def test_cross_needs_fedbpts_population():
-    with pytest.raises(ValueError, match="robust 'cross' ranks fedbpt's population"):
-        replace(SPEC, federation={"robust": "cross", "aggregator": "fedavg"})
