@@ -22,7 +22,7 @@ import numpy as np
 
 from fedbpt import aggregate, privacy
 from fedbpt.protocol import Best, GlobalState, InvalidUpdate, Scores, Update, decode_vector, encode_vector, on_wire
-from fedbpt.spec import JobSpec, round_kinds
+from fedbpt.spec import JobSpec, final_round, round_kind
 
 KINDS = ("start", "search", "rank", "final")
 
@@ -43,20 +43,18 @@ def initial_z(spec: JobSpec) -> np.ndarray:
 def kind(spec: JobSpec, state: GlobalState) -> str:
     if not state.start:
         return "start"
-    kinds = round_kinds(spec)
-    return kinds[min(state.round, len(kinds)) - 1]  # a finished job's state reads as its final round
+    return round_kind(spec, state.round)  # a finished job's state reads as its final round
 
 
 def finished(spec: JobSpec, state: GlobalState) -> bool:
-    return state.round > len(round_kinds(spec))
+    return state.round > final_round(spec)
 
 
 def next_search(spec: JobSpec, round_number: int) -> int:
     """The search round after ``round_number``; past the final round when there is none (after a dropped last
     search there is nothing new left to score)."""
-    kinds = round_kinds(spec)
-    later = [number for number in range(round_number + 1, len(kinds) + 1) if kinds[number - 1] == "search"]
-    return later[0] if later else len(kinds) + 1
+    later = (number for number in range(round_number + 1, final_round(spec)) if round_kind(spec, number) == "search")
+    return next(later, final_round(spec) + 1)
 
 
 def candidates(spec: JobSpec, state: GlobalState) -> int:

@@ -23,7 +23,7 @@ from fedbpt.federation import Federation, party_seed, prepare, round_parties, ze
 from fedbpt.protocol import GlobalState, encode_vector
 from fedbpt.results import finishing, write_json
 from fedbpt.search import respond
-from fedbpt.spec import JobSpec, round_kinds, to_dict
+from fedbpt.spec import JobSpec, final_round, to_dict
 from fedbpt.tracking import RunLog, provenance, round_event
 
 
@@ -128,7 +128,7 @@ def simulate(
         baselines = {key: results[key] for key in ("zero_shot", "zero_shot_calibrated")}
         log.write({"event": "run", "spec": results["spec"], **results["provenance"], **baselines})
     state = rounds.initial(spec)
-    total = sum(len(round_parties(spec, number)) for number in range(state.round, len(round_kinds(spec)) + 1))
+    total = sum(len(round_parties(spec, number)) for number in range(state.round, final_round(spec) + 1))
     bar = tqdm(total=total, desc="party rounds", unit="party")
     with finishing(results, save, bar, started):
         while not rounds.finished(spec, state):

@@ -256,12 +256,23 @@ def load(path: Path) -> JobSpec:
     return from_dict(data)
 
 
+def final_round(spec: JobSpec) -> int:
+    """The final scoring round's number: after each search round (followed, under robust 'cross', by the rank
+    round that ranks its means). Round 0, the start round, comes first when the spec has several starts."""
+    per_search = 2 if spec.federation.robust == "cross" else 1
+    return per_search * spec.federation.rounds + 1
+
+
+def round_kind(spec: JobSpec, number: int) -> str:
+    """The kind of round ``number`` (1 to ``final_round``): search, rank (robust 'cross': the even ones) or final."""
+    if number >= final_round(spec):
+        return "final"
+    return "rank" if spec.federation.robust == "cross" and number % 2 == 0 else "search"
+
+
 def round_kinds(spec: JobSpec) -> list[str]:
-    """The kinds of a job's rounds 1, 2, ... in order: each search round (followed, under robust 'cross', by the
-    rank round that ranks its means), then the final scoring round. Round 0, the start round, comes first when
-    the spec has several starts."""
-    search = ["search", "rank"] if spec.federation.robust == "cross" else ["search"]
-    return search * spec.federation.rounds + ["final"]
+    """The kinds of a job's rounds 1, 2, ... in order."""
+    return [round_kind(spec, number) for number in range(1, final_round(spec) + 1)]
 
 
 def to_toml(spec: JobSpec) -> str:

@@ -26,7 +26,7 @@ from fedbpt import privacy, rounds
 from fedbpt.errors import UserError
 from fedbpt.job import LearnedPrompt
 from fedbpt.protocol import GlobalState, InvalidUpdate
-from fedbpt.spec import JobSpec, from_dict, round_kinds, to_dict
+from fedbpt.spec import JobSpec, final_round, from_dict, to_dict
 from fedbpt.tracking import provenance, round_event
 from server.errors import Refusal
 from server.journal import Journal
@@ -484,7 +484,7 @@ class Coordinator:
     def _evaluate(self, job_id: str, party: str, prompt_round: int, evaluation: dict) -> bool:
         job = self.job(job_id)
         spec, state = self._spec(job), GlobalState.from_dict(job["state"])
-        last = len(round_kinds(spec)) - 1  # the final round makes no prompt
+        last = final_round(spec) - 1  # the final round makes no prompt
         if prompt_round > last:
             rounds_note = f"job {job_id}'s last prompt is the one after round {last}"
             raise Refusal(422, "no_such_prompt", f"{rounds_note}: there is no prompt after round {prompt_round}")
